@@ -1,0 +1,1 @@
+"""chexlab's user interfaces: the Gradio demo and the Streamlit comparison page."""
