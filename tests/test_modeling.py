@@ -342,17 +342,20 @@ def test_local_dir_transfer_with_the_same_labels_copies_the_head(tmp_path: Path,
     assert head_config(model) == HEADS[head_type]
 
 
-def test_local_dir_transfer_with_other_labels_reinitialises_the_head(
+def test_local_dir_transfer_with_other_labels_needs_new_head(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     torch.manual_seed(3)
     source = create_classifier("test_efficientnet", 3)
     folder = _save_chexlab_folder(source, tmp_path / "model", LABELS)
 
+    labels = ["Normal", "Pneumonia"]
+    with pytest.raises(ModelSourceError, match="model.new_head"):
+        create_classifier("test_efficientnet", 2, init=f"local-dir:{folder}", label_names=labels)
     with caplog.at_level(logging.INFO, logger="trainer.modeling"):
         model = create_classifier(
             "test_efficientnet", 2, init=f"local-dir:{folder}", label_names=["Normal", "Pneumonia"],
-            head=HEADS["dense_bn"],
+            head=HEADS["dense_bn"], new_head=True,
         )  # fmt: skip
     assert "head re-initialised" in caplog.text
     source_state, state = source.state_dict(), model.state_dict()
@@ -361,7 +364,9 @@ def test_local_dir_transfer_with_other_labels_reinitialises_the_head(
     assert isinstance(model.classifier, DenseHead) and model.classifier.out_features == 2
 
     # same number of classes, but other names: the head is new as well
-    other = create_classifier("test_efficientnet", 3, init=f"local-dir:{folder}", label_names=["x", "y", "z"])
+    other = create_classifier(
+        "test_efficientnet", 3, init=f"local-dir:{folder}", label_names=["x", "y", "z"], new_head=True
+    )
     assert not torch.equal(other.classifier.weight, source.classifier.weight)
     assert torch.equal(other.conv_stem.weight, source.conv_stem.weight)
 

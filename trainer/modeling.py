@@ -149,6 +149,7 @@ def create_classifier(
     init: str | None = None,
     drop_rate: float = 0.0,
     label_names: Sequence[str] | None = None,
+    new_head: bool = False,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A timm classifier with `num_classes` outputs, the given head, initialised from `init`.
@@ -161,6 +162,8 @@ def create_classifier(
         drop_rate: dropout before the head (timm's `drop_rate`).
         label_names: the output names, in order. With a chexlab `init`, its head is kept only when these equal
             its saved `label_names` (and the head config is the same); otherwise the head is re-initialised.
+        new_head: with a chexlab `init` whose labels differ from `label_names`, train a fresh head on the
+            transferred backbone; without it such a disagreement is an error, since it is usually a mistake.
         **timm_kwargs: passed to `timm.create_model` (e.g. drop_path_rate, global_pool).
 
     Raises:
@@ -177,7 +180,7 @@ def create_classifier(
     kind, location = _parse_init(init)
     timm_kwargs["drop_rate"] = drop_rate
     if kind == "chexlab":
-        return _transfer_from_chexlab(arch, num_classes, location, head, label_names, timm_kwargs)
+        return _transfer_from_chexlab(arch, num_classes, location, head, label_names, new_head, timm_kwargs)
     head = head or HeadConfig()
     if kind == "timm":
         model = _timm_pretrained(arch, location, num_classes, timm_kwargs)
@@ -374,6 +377,7 @@ def _transfer_from_chexlab(
     source: str,
     head: HeadConfig | None,
     label_names: Sequence[str] | None,
+    new_head: bool,
     timm_kwargs: dict[str, Any],
 ) -> nn.Module:
     config, state_dict = read_model_folder(source)
@@ -388,6 +392,11 @@ def _transfer_from_chexlab(
     if label_names is None:
         reason = "no label names given to compare with the saved ones"
     elif list(label_names) != old_labels:
+        if not new_head:
+            raise ModelSourceError(
+                f"init {source} predicts {old_labels} but this run's labels are {list(label_names)}; "
+                "set model.new_head: true to train a new head on its backbone, or fix the labels"
+            )
         reason = f"labels {list(label_names)} differ from the saved {old_labels}"
     elif head != old_head or num_classes != int(config["num_classes"]):
         reason = f"head {head} differs from the saved {old_head}"

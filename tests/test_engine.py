@@ -1,0 +1,294 @@
+"""The trainer end to end on synthetic but learnable radiographs: learning, run folder, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.synthetic import write_binary_dataset, write_multiclass_dataset, write_multilabel_dataset
+from trainer import engine
+from trainer.checkpoint import load_checkpoint
+from trainer.config import load_config
+from trainer.export import load_model
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["model.arch=chexlab_simple_cnn", "model.input_size=64", "data.num_workers=0", "eval.n_bootstrap=100"]
+
+
+def _config(tmp_path: Path, data: list[str], *extra: str):
+    return load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=run", *TINY, *data, *extra])
+
+
+def _binary(tmp_path: Path, n_patients: int = 60) -> list[str]:
+    write_binary_dataset(tmp_path / "data", n_patients=n_patients)
+    return [
+        f"data.root={tmp_path / 'data'}",
+        "data.labels=labels.csv",
+        "data.label_column=label",
+        "data.task=binary",
+        "data.positive=abnormal",
+        "data.negative_name=normal",
+    ]
+
+
+def test_binary_run_learns_and_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path, _binary(tmp_path), "train.phases=[{epochs: 6, lr: 3.0e-3}]", "train.batch_size=16"
+    )
+    run = engine.fit(cfg, progress=False)
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["headline"]["auc"]["value"] > 0.9
+    assert metrics["test"]["bootstrap"]["unit"] == "patient"
+    for name in (
+        "config.yaml",
+        "split.csv",
+        "metrics.csv",
+        "run.json",
+        "predictions_test.csv",
+        "plots/roc.png",
+        "plots/confusion.png",
+        "plots/training_curves.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/README.md",
+    ):
+        assert (run / name).is_file(), name
+    history = pd.read_csv(run / "metrics.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert history["images_per_s"].gt(0).all()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+    split = pd.read_csv(run / "split.csv")
+    assert split.groupby("patient_id")["split"].nunique().max() == 1  # no patient in two splits
+
+    model, info = load_model(str(run / "model"))
+    assert info.task == "binary" and info.label_names == ["abnormal"] and info.negative_name == "normal"
+    assert len(info.thresholds) == 1 and 0 < info.thresholds[0] < 1
+    assert info.thresholds == metrics["test"]["thresholds"]
+
+
+def test_multiclass_and_multilabel_runs(tmp_path: Path) -> None:
+    write_multiclass_dataset(tmp_path / "mc", n_patients=45)
+    cfg = _config(
+        tmp_path,
+        [
+            f"data.root={tmp_path / 'mc'}",
+            "data.labels=labels.csv",
+            "data.label_column=label",
+            "data.task=multiclass",
+        ],
+        "train.phases=[{epochs: 4, lr: 3.0e-3}]",
+        "name=mc",
+    )
+    metrics = json.loads((engine.fit(cfg, progress=False) / "metrics.json").read_text())["test"]
+    assert metrics["task"] == "multiclass" and sorted(metrics["label_names"]) == [
+        "effusion",
+        "normal",
+        "opacity",
+    ]
+    assert metrics["headline"]["auc"]["value"] > 0.6
+
+    write_multilabel_dataset(tmp_path / "ml", n_patients=48)
+    cfg = _config(
+        tmp_path,
+        [f"data.root={tmp_path / 'ml'}", "data.labels=labels.csv", "data.task=multilabel"],
+        "train.phases=[{epochs: 3, lr: 3.0e-3}]",
+        "train.pos_weight=true",
+        "name=ml",
+    )
+    run = engine.fit(cfg, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert metrics["label_names"] == ["Opacity", "Effusion"]
+    assert len(metrics["thresholds"]) == 2
+    assert set(metrics["per_class"]) == {"Opacity", "Effusion"}
+
+
+def test_two_phase_schedule_freezes_then_unfreezes(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path,
+        _binary(tmp_path, 24),
+        "train.phases=[{epochs: 1, lr: 1.0e-3, freeze_backbone: true}, {epochs: 1, lr: 1.0e-4}]",
+    )
+    run = engine.fit(cfg, progress=False)
+    history = pd.read_csv(run / "metrics.csv")
+    assert list(history["phase"]) == [1, 2]
+    assert history["lr"].tolist() == pytest.approx([1e-3, 1e-4])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _config(
+        tmp_path,
+        _binary(tmp_path, 24),
+        "train.phases=[{epochs: 3, lr: 1.0e-3}]",
+        "train.batch_size=8",
+        "train.max_steps_per_epoch=2",
+    )
+    real_build_loss = engine.build_loss
+
+    def poisoned(*args, **kwargs):
+        loss = real_build_loss(*args, **kwargs)
+        calls = {"n": 0}
+        original = loss.forward
+
+        def forward(logits, targets):
+            value = original(logits, targets)
+            if not torch.is_grad_enabled():  # validation loss
+                return value
+            calls["n"] += 1
+            return value * float("nan") if calls["n"] == 4 else value  # epoch 2, batch 2 (two batches/epoch)
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(engine, "build_loss", poisoned)
+    with pytest.raises(engine.TrainingDiverged, match=r"epoch 2, batch 2 \(images: line \d+: images/"):
+        engine.fit(cfg, progress=False)
+    assert load_checkpoint(cfg.run_dir)["state"]["epoch"] == 1
+
+
+def test_label_set_must_match_an_initial_chexlab_model(tmp_path: Path) -> None:
+    first = engine.fit(
+        _config(tmp_path, _binary(tmp_path, 24), "train.phases=[{epochs: 1, lr: 1.0e-3}]"), progress=False
+    )
+    write_multiclass_dataset(tmp_path / "mc", n_patients=30)
+    data = [
+        f"data.root={tmp_path / 'mc'}",
+        "data.labels=labels.csv",
+        "data.label_column=label",
+        "data.task=multiclass",
+    ]
+    with pytest.raises(ValueError, match="model.new_head"):
+        engine.fit(
+            _config(tmp_path, data, f"model.init=local-dir:{first / 'model'}", "name=transfer"),
+            progress=False,
+        )
+    run = engine.fit(
+        _config(
+            tmp_path,
+            data,
+            f"model.init=local-dir:{first / 'model'}",
+            "model.new_head=true",
+            "name=transfer2",
+            "train.phases=[{epochs: 1, lr: 1.0e-3}]",
+        ),
+        progress=False,
+    )
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        return int(load_checkpoint(run)["state"]["epoch"])
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path: Path) -> None:
+    """Kill a real `python -m trainer fit` process mid-epoch, resume it, and end with the same epochs."""
+    args = [
+        *TINY,
+        *_binary(tmp_path, 60),
+        "train.phases=[{epochs: 2, lr: 1.0e-3}, {epochs: 2, lr: 1.0e-4}]",
+        "train.batch_size=4",
+        "data.val_fraction=0.1",
+        "data.test_fraction=0.1",
+    ]
+    run = tmp_path / "runs" / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "fit",
+        "--no-progress",
+        "--output-dir",
+        str(run.parent),
+        "--name",
+        "killed",
+    ]
+    config = tmp_path / "base.yaml"
+    config.write_text("name: killed\n")
+    proc = subprocess.Popen(
+        [*cmd, "--config", str(config), *args], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        deadline = time.time() + 240
+        while _epochs_done(run) < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside epoch 2 (an epoch of ~48 images takes several seconds)
+        assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = _epochs_done(run)
+    assert 1 <= done < 4
+    assert not (run / "metrics.json").exists()
+
+    resumed = subprocess.run(
+        [*cmd[:4], "--no-progress", "--resume", str(run)], cwd=REPO, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    history = pd.read_csv(run / "metrics.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]  # each epoch exactly once, no more, no fewer
+    assert list(history["phase"]) == [1, 1, 2, 2]
+    assert json.loads((run / "metrics.json").read_text())["test"]["headline"]["auc"]["value"] is not None
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_szie: 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "fit", "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "did you mean 'batch_size'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_problems_are_reported_before_training(tmp_path: Path) -> None:
+    data = _binary(tmp_path, 20)
+    labels = tmp_path / "data" / "labels.csv"
+    labels.write_text(labels.read_text() + "images/missing.png,P900,normal\n../outside.png,P901,abnormal\n")
+    (tmp_path / "data" / "images" / "p000_0.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError) as err:
+        engine.fit(_config(tmp_path, data), progress=False)
+    message = str(err.value)
+    assert "missing.png" in message and "outside.png" in message and "p000_0.png" in message
+    assert "line 42" in message and "line 43" in message
+    assert not (tmp_path / "runs" / "run" / "checkpoint.pt").exists()
+
+
+def test_optimizers_and_schedules_step(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 1)
+    for optimizer in ("adamw", "adam", "sgd"):
+        for schedule in ("cosine", "plateau", "constant"):
+            cfg = load_config(
+                None, [f"train.optimizer={optimizer}", f"train.schedule={schedule}", "train.warmup_epochs=1"]
+            )
+            opt = engine.make_optimizer(list(model.parameters()), cfg.train, 0.1)
+            sched = engine.make_scheduler(opt, cfg.train, steps_per_epoch=4, epochs=3)
+            lrs = []
+            for _ in range(12):
+                opt.step()
+                sched.step(1.0) if schedule == "plateau" else sched.step()
+                lrs.append(opt.param_groups[0]["lr"])
+            if schedule == "cosine":
+                assert lrs[2] > lrs[0] and lrs[-1] < 0.01  # warm-up, then decay to ~0
+            assert np.isfinite(lrs).all()

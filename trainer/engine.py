@@ -1,0 +1,437 @@
+"""Training on HF Accelerate: the same code runs on a CPU, one GPU, or many GPUs/nodes (`accelerate launch`).
+
+`fit` trains phase by phase (e.g. backbone frozen at a high learning rate, then everything at a low one),
+validates every epoch, keeps the best weights, writes an atomic checkpoint after every epoch so that
+`--resume` continues after a crash or a kill, and finally evaluates on the test split and writes the model
+folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainer import run_data
+from trainer.checkpoint import atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
+from trainer.losses import build_loss, probabilities
+from trainer.metrics import evaluate_predictions
+from trainer.modeling import create_classifier, freeze_backbone
+from trainer.reporting import Predictions, finish_run
+
+log = logging.getLogger(__name__)
+
+BEST_WEIGHTS = "best.safetensors"
+HISTORY_COLUMNS = (
+    "epoch",
+    "phase",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_accuracy",
+    "lr",
+    "images_per_s",
+    "seconds",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """Plain-data progress of a run, saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed, over all phases
+    best_score: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the last improvement, within the current phase
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"  # CPU autocast is slower than fp32 on most CPUs
+
+
+def make_optimizer(params: list[nn.Parameter], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD (Nesterov) over `params`."""
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=train.momentum, nesterov=True, weight_decay=train.weight_decay
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Per-step linear warm-up then cosine decay (or constant); or per-epoch reduce-on-plateau."""
+    if train.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.3, patience=1)
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, round(train.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if train.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _target_dtype(task: str) -> torch.dtype:
+    return torch.long if task == "multiclass" else torch.float32
+
+
+def _score(metrics: dict[str, float | None], monitor: str) -> float | None:
+    """Higher is better for every monitored quantity (the loss is negated)."""
+    value = metrics.get("loss" if monitor == "loss" else monitor)
+    if value is None or not math.isfinite(value):
+        return None
+    return -value if monitor == "loss" else value
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerator: Accelerator,
+    *,
+    task: str,
+    epoch: int,
+    max_steps: int | None,
+    max_grad_norm: float | None,
+    progress: bool,
+    describe_batch: Any,
+) -> tuple[float, float]:
+    """One pass over `loader`; returns (mean loss, images per second).
+
+    Raises:
+        TrainingDiverged: the loss is NaN/inf (the message names the epoch, batch and its images).
+    """
+    from tqdm.auto import tqdm
+
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}",
+        disable=not (progress and accelerator.is_local_main_process),
+        leave=False,
+    )
+    for step, (images, targets, indices) in enumerate(loader):
+        if step >= steps:
+            break
+        with accelerator.accumulate(model):
+            logits = model(images)
+            loss = loss_fn(logits.float(), targets.to(_target_dtype(task)))
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
+                    f"(images: {describe_batch(indices)}); the last good checkpoint is kept. "
+                    "Lower the learning rate or check these images, then continue with --resume."
+                )
+            accelerator.backward(loss)
+            if max_grad_norm and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        batch = images.shape[0] * accelerator.num_processes
+        total_loss += loss.item() * images.shape[0]
+        seen += batch
+        rate = seen / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9)
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, *, task: str, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities, targets and split positions of every item of `loader`, gathered from all processes."""
+    model.eval()
+    all_probs, all_targets, all_indices = [], [], []
+    for images, targets, indices in loader:
+        probs = probabilities(model(images).float(), task)
+        if tta:
+            probs = (probs + probabilities(model(_zoom(images, 0.92)).float(), task)) / 2
+        probs, targets, indices = accelerator.gather_for_metrics((probs, targets, indices))
+        all_probs.append(probs.cpu().numpy())
+        all_targets.append(targets.cpu().numpy())
+        all_indices.append(indices.cpu().numpy())
+    return np.concatenate(all_probs), np.concatenate(all_targets), np.concatenate(all_indices)
+
+
+def _zoom(images: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Centre crop to `fraction` of the side and scale back: a mild test-time augmentation."""
+    size = images.shape[-1]
+    crop = round(size * fraction)
+    top = (size - crop) // 2
+    cropped = images[..., top : top + crop, top : top + crop]
+    return nn.functional.interpolate(cropped, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def validation_metrics(
+    task: str, label_names: list[str], targets: np.ndarray, probs: np.ndarray
+) -> dict[str, float | None]:
+    """AUC and accuracy at default decisions (0.5 / argmax), without CIs: cheap enough for every epoch."""
+    headline = evaluate_predictions(task, label_names, targets, probs, None, None, n_bootstrap=0)["headline"]
+    return {"auc": headline["auc"]["value"], "accuracy": headline["accuracy"]["value"]}
+
+
+def validation_loss(loss_fn: nn.Module, task: str, probs: np.ndarray, targets: np.ndarray) -> float:
+    """The loss on gathered validation probabilities (logits recovered from probabilities)."""
+    eps = 1e-6
+    p = torch.from_numpy(np.clip(probs, eps, 1 - eps)).float()
+    logits = p.log() if task == "multiclass" else torch.logit(p)
+    if task == "binary":
+        logits = logits[:, None]
+    with torch.no_grad():
+        return float(loss_fn.cpu()(logits, torch.from_numpy(targets).to(_target_dtype(task))))
+
+
+def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(run_dir / "metrics.csv", write)
+
+
+def _phase_bounds(phases: list[PhaseConfig]) -> list[tuple[int, int]]:
+    """(first epoch, end epoch) of each phase in the run's global epoch count."""
+    bounds, start = [], 0
+    for phase in phases:
+        bounds.append((start, start + phase.epochs))
+        start += phase.epochs
+    return bounds
+
+
+def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train, validate, checkpoint, evaluate and export one run; returns the run folder.
+
+    Args:
+        cfg: the resolved run configuration (for `resume`, the one saved in the run folder).
+        resume: continue from RUN_DIR/checkpoint.pt instead of starting afresh.
+        progress: show a progress bar (main process only).
+    """
+    run_dir = cfg.run_dir
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(cfg.train.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
+    model = create_classifier(
+        cfg.model.arch,
+        data.num_outputs,
+        head=cfg.model.head,
+        init=cfg.model.init,
+        drop_rate=cfg.model.drop_rate,
+        label_names=data.label_names,
+        new_head=cfg.model.new_head,
+    )
+    loaders = run_data.loaders(cfg, data, model)
+    loss_fn = build_loss(
+        data.task,
+        data.targets("train"),
+        data.num_outputs,
+        class_weights=cfg.train.class_weights,
+        pos_weight=cfg.train.pos_weight,
+    ).to(accelerator.device)
+
+    state = TrainState()
+    checkpoint: dict[str, Any] | None = None
+    if resume:
+        checkpoint = load_checkpoint(run_dir)
+        model.load_state_dict(checkpoint["model"])
+        state = TrainState(**checkpoint["state"])
+        restore_rng_state(checkpoint["rng"])
+        log.info("resuming %s after epoch %d", run_dir, state.epoch)
+
+    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    started = time.perf_counter()
+    for phase_index, (phase, (first, end)) in enumerate(
+        zip(cfg.train.phases, _phase_bounds(cfg.train.phases), strict=True)
+    ):
+        if state.epoch >= end:
+            continue
+        if state.epoch <= first:
+            state.bad_epochs = 0  # patience counts within a phase
+        freeze_backbone(model, phase.freeze_backbone)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, cfg.train, phase.lr)
+        steps = (
+            len(loaders["train"])
+            if cfg.train.max_steps_per_epoch is None
+            else min(len(loaders["train"]), cfg.train.max_steps_per_epoch)
+        )
+        scheduler = make_scheduler(
+            optimizer, cfg.train, math.ceil(steps / cfg.train.grad_accum), phase.epochs
+        )
+        if checkpoint is not None and checkpoint["phase"] == phase_index:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        prepared_model, optimizer, train_loader, val_loader = accelerator.prepare(
+            model, optimizer, loaders["train"], loaders["val"]
+        )
+        for epoch in range(max(state.epoch, first), end):
+            train_loader.set_epoch(epoch)
+            epoch_start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+            train_loss, rate = train_one_epoch(
+                prepared_model,
+                train_loader,
+                loss_fn,
+                optimizer,
+                scheduler,
+                accelerator,
+                task=data.task,
+                epoch=epoch,
+                max_steps=cfg.train.max_steps_per_epoch,
+                max_grad_norm=cfg.train.max_grad_norm,
+                progress=progress,
+                describe_batch=lambda local: data.describe_rows(data.rows("train")[local.cpu().numpy()]),
+            )
+            probs, targets, _ = predict_loader(prepared_model, val_loader, accelerator, task=data.task)
+            val = validation_metrics(data.task, data.label_names, targets, probs)
+            val["loss"] = validation_loss(loss_fn, data.task, probs, targets)
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val["loss"])
+            row = {
+                "epoch": epoch + 1,
+                "phase": phase_index + 1,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_auc": val.get("auc"),
+                "val_accuracy": val.get("accuracy"),
+                "lr": lr,
+                "images_per_s": rate,
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            state.history.append(row)
+            state.epoch = epoch + 1
+            score = _score(val, cfg.train.monitor)
+            improved = score is not None and (state.best_score is None or score > state.best_score)
+            if improved:
+                state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            else:
+                state.bad_epochs += 1
+            patience = cfg.train.early_stopping_patience
+            stop_phase = patience is not None and state.bad_epochs >= patience and state.epoch < end
+            if stop_phase:
+                log.info(
+                    "early stopping phase %d after epoch %d (no improvement for %d epochs)",
+                    phase_index + 1,
+                    epoch + 1,
+                    patience,
+                )
+                state.epoch, state.bad_epochs = end, 0
+            if accelerator.is_main_process:
+                weights = accelerator.unwrap_model(prepared_model).state_dict()
+                if improved:
+                    atomic_write(
+                        run_dir / BEST_WEIGHTS, lambda tmp, w=weights: save_file(_contiguous(w), str(tmp))
+                    )
+                save_checkpoint(
+                    run_dir,
+                    {
+                        "model": weights,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "phase": phase_index,
+                        "state": asdict(state),
+                        "rng": rng_state(),
+                    },
+                )
+                _write_history(run_dir, state.history)
+                _log_epoch(writer, row)
+                log.info(
+                    "epoch %d/%d: train loss %.4f, val loss %.4f, val auc %s, %.1f img/s",
+                    epoch + 1,
+                    _phase_bounds(cfg.train.phases)[-1][1],
+                    train_loss,
+                    val["loss"],
+                    val.get("auc"),
+                    rate,
+                )
+            accelerator.wait_for_everyone()
+            if stop_phase:
+                break
+        # Phases rebuild the optimizer over a different parameter set; drop the old wrappers first.
+        accelerator.free_memory()
+        checkpoint = None
+    if writer is not None:
+        writer.close()
+
+    model.load_state_dict(load_file(str(run_dir / BEST_WEIGHTS)))
+    predictions = {}
+    for split in ("val", "test"):
+        prepared_model, loader = accelerator.prepare(model, loaders[split])
+        probs, targets, indices = predict_loader(
+            prepared_model, loader, accelerator, task=data.task, tta=cfg.eval.tta
+        )
+        predictions[split] = Predictions(probs, targets, data.rows(split)[indices])
+        accelerator.free_memory()
+    if accelerator.is_main_process:
+        finish_run(cfg, data, model, predictions, state, seconds=time.perf_counter() - started)
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def _log_epoch(writer: Any, row: dict[str, Any]) -> None:
+    if writer is None:
+        return
+    for key, value in row.items():
+        if key not in ("epoch", "phase") and value is not None:
+            writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+    writer.flush()

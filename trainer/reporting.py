@@ -1,0 +1,171 @@
+"""The end of a run: thresholds chosen on validation, test metrics with CIs, plots, summary, model folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer import __version__
+from trainer.checkpoint import atomic_write
+from trainer.config import RunConfig
+from trainer.metrics import choose_thresholds, evaluate_predictions
+from trainer.plots import plot_confusion, plot_roc, plot_training_curves
+from trainer.preprocess import Pipeline
+
+if TYPE_CHECKING:
+    from trainer.engine import TrainState
+    from trainer.run_data import RunData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """Model outputs for one split, in dataset order of `indices`."""
+
+    probs: np.ndarray
+    targets: np.ndarray
+    indices: np.ndarray
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (readers never see half a file)."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, allow_nan=False)))
+
+
+def evaluate_split(
+    cfg: RunConfig, data: RunData, split: str, pred: Predictions, thresholds: list[float]
+) -> dict[str, Any]:
+    """`evaluate_predictions` for one split, with patient-level bootstrap CIs."""
+    return evaluate_predictions(
+        data.task,
+        data.label_names,
+        pred.targets,
+        pred.probs,
+        data.patient_ids(pred.indices),
+        thresholds,
+        n_bootstrap=cfg.eval.n_bootstrap,
+        seed=cfg.train.seed,
+        negative_name=data.negative_name,
+    )
+
+
+def write_predictions(path: Path, data: RunData, pred: Predictions) -> None:
+    """One row per image: path, patient, target(s) and probabilities."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"path": data.relative_paths(pred.indices), "patient_id": data.patient_ids(pred.indices)}
+    )
+    names = data.label_names
+    probs = pred.probs.reshape(len(pred.probs), -1)
+    targets = pred.targets.reshape(len(pred.targets), -1)
+    if data.task == "multilabel":
+        for i, name in enumerate(names):
+            frame[f"target_{name}"] = targets[:, i]
+    else:
+        frame["target"] = [names[int(t)] if data.task == "multiclass" else int(t) for t in targets[:, 0]]
+    for i, name in enumerate(names):
+        frame[f"prob_{name}"] = probs[:, i]
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def finish_run(
+    cfg: RunConfig,
+    data: RunData,
+    model: nn.Module,
+    predictions: dict[str, Predictions],
+    state: TrainState,
+    *,
+    seconds: float,
+) -> dict[str, Any]:
+    """Choose thresholds on val, evaluate val and test, write metrics/plots/run.json and the model folder."""
+    from hub_cards import write_card
+    from trainer.export import save_pretrained
+
+    run_dir = cfg.run_dir
+    val = predictions["val"]
+    thresholds = choose_thresholds(
+        data.task,
+        val.targets,
+        val.probs,
+        method=cfg.eval.threshold,
+        target_sensitivity=cfg.eval.target_sensitivity,
+    )
+    metrics = {
+        split: evaluate_split(cfg, data, split, pred, thresholds) for split, pred in predictions.items()
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    for split, pred in predictions.items():
+        write_predictions(run_dir / f"predictions_{split}.csv", data, pred)
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    test = predictions["test"]
+    plot_roc(
+        data.task,
+        data.label_names,
+        test.targets,
+        test.probs,
+        plots / "roc.png",
+        thresholds=thresholds,
+        title=f"ROC, test split ({len(test.probs)} images)",
+    )
+    plot_confusion(metrics["test"], plots / "confusion.png")
+    plot_training_curves(run_dir / "metrics.csv", plots / "training_curves.png")
+
+    epochs = state.history
+    run_info = {
+        "chexlab_version": __version__,
+        "dataset": data.summary(),
+        "recipe": {
+            "arch": cfg.model.arch,
+            "init": cfg.model.init,
+            "head": asdict(cfg.model.head),
+            "phases": [asdict(p) for p in cfg.train.phases],
+            "batch_size": cfg.train.batch_size,
+            "optimizer": cfg.train.optimizer,
+            "schedule": cfg.train.schedule,
+            "input_size": data.input_size,
+            "pipeline": Pipeline.from_list(cfg.preprocess).to_list(),
+            "augment": asdict(cfg.augment),
+            "tta": cfg.eval.tta,
+        },
+        "timing": {
+            "seconds_total": round(seconds, 1),
+            "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in epochs])), 2) if epochs else None,
+            "images_per_s": round(float(np.mean([r["images_per_s"] for r in epochs])), 1) if epochs else None,
+            "device": torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else f"CPU ({platform.processor() or platform.machine()})",
+        },
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "monitor": cfg.train.monitor,
+    }
+    write_json(run_dir / "run.json", run_info)
+
+    model_dir = save_pretrained(
+        model,
+        run_dir / "model",
+        task=data.task,
+        label_names=data.label_names,
+        negative_name=data.negative_name,
+        pipeline=Pipeline.from_list(cfg.preprocess),
+        thresholds=thresholds,
+        head=cfg.model.head,
+        input_size=data.input_size,
+        metrics_summary={split: m["headline"] for split, m in metrics.items()},
+        data_summary=run_info["dataset"],
+    )
+    write_card(run_dir, model_dir)
+    log.info("run finished: %s (test AUC %s)", run_dir, metrics["test"]["headline"]["auc"]["value"])
+    return metrics
