@@ -1,0 +1,304 @@
+"""Saving a trained classifier as a model folder in timm's Hub layout, and loading one back.
+
+A model folder holds `config.json` (timm's: `architecture`, `num_classes`, `label_names`, `pretrained_cfg`
+with the input size and normalisation, `model_args`) with chexlab's own `chexlab` block beside timm's keys,
+and `model.safetensors`. So `timm.create_model("local-dir:DIR", pretrained=True)` and, once pushed,
+`timm.create_model("hf-hub:org/name", pretrained=True)` rebuild the network unchanged (linear heads; the
+"mlp" and "dense_bn" heads need chexlab), while chexlab's `load_model` also gets the task, labels,
+preprocessing pipeline and thresholds that make it an X-ray classifier.
+
+A timm config.json without a `chexlab` block (an ImageNet checkpoint, say) is refused by `load_model`: its
+outputs are not X-ray findings, and nothing says how to preprocess a radiograph for it or where to put the
+decision threshold. Such weights are a starting point for training (`model.init`), not a model to predict
+with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from timm.models import save_for_hf
+from torch import nn
+
+from trainer import __version__
+from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, ModelSourceError, read_model_folder
+from trainer.modeling import HeadConfig, head_config, model_data_config, model_from_folder, saved_label_names
+from trainer.preprocess import Pipeline, PreprocessError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("binary", "multiclass", "multilabel")
+# Keys of a dataset summary that describe this machine, not the data: kept out of a publishable config.json.
+LOCAL_KEYS = ("root",)
+
+
+class ModelLoadError(ModelSourceError):
+    """A model that cannot be loaded: not found, offline without a cache, pickle-only, not a chexlab model."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved chexlab model says about itself (from its config.json)."""
+
+    source: str  # as given to load_model (with the revision, if any)
+    arch: str  # timm architecture name
+    task: str  # "binary" | "multiclass" | "multilabel"
+    label_names: list[str]  # output order; binary: [positive_name]
+    negative_name: str | None  # binary only
+    pipeline: Pipeline  # preprocessing before the letterbox and normalisation
+    thresholds: list[float]  # binary: 1, multilabel: one per finding, multiclass: [] (argmax)
+    data_config: dict[str, Any]  # input_size (3, H, W), mean, std, interpolation, crop_pct
+    head: HeadConfig
+    metrics: dict[str, Any] = field(default_factory=dict)  # headline metrics per split, as trained
+    training_data: dict[str, Any] = field(default_factory=dict)  # dataset summary (name, sizes, label counts)
+    chexlab_version: str | None = None  # the chexlab that saved it
+    config: dict[str, Any] = field(default_factory=dict)  # the raw config.json
+
+
+def _check_outputs(task: str, label_names: list[str], thresholds: list[float], num_classes: int) -> None:
+    """The label, threshold and output counts a task implies (see trainer.metrics)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task '{task}'; valid: {', '.join(TASKS)}")
+    expected_outputs = 1 if task == "binary" else len(label_names)
+    if task == "binary" and len(label_names) != 1:
+        raise ValueError(f"a binary model has one label name, its positive class; got {label_names}")
+    if num_classes != expected_outputs:
+        raise ValueError(
+            f"a {task} model with labels {label_names} needs {expected_outputs} outputs, not {num_classes}"
+        )
+    expected_thresholds = 0 if task == "multiclass" else len(label_names)
+    if len(thresholds) != expected_thresholds or not all(math.isfinite(t) for t in thresholds):
+        raise ValueError(
+            f"a {task} model with {len(label_names)} labels needs {expected_thresholds} finite thresholds "
+            f"({'argmax decides' if task == 'multiclass' else 'one per output'}); got {thresholds}"
+        )
+
+
+def _input_size(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
+    if isinstance(size, int):
+        return (3, size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) == 2:
+        return (3, *size)
+    if len(size) == 3 and size[0] == 3:
+        return size
+    raise ValueError(f"input_size must be an int, (H, W) or (3, H, W); got {size}")
+
+
+def save_pretrained(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    task: str,
+    label_names: list[str],
+    pipeline: Pipeline | list[Any],
+    thresholds: list[float],
+    negative_name: str | None = None,
+    head: HeadConfig | dict[str, Any] | None = None,
+    input_size: int | tuple[int, ...] | None = None,
+    metrics_summary: dict[str, Any] | None = None,
+    data_summary: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a model folder in timm's Hub layout: config.json (with a `chexlab` block) and model.safetensors.
+
+    Args:
+        model: a classifier from `trainer.modeling.create_classifier` (any timm model with a matching head).
+        out_dir: the folder to write (created; existing config.json/model.safetensors are replaced).
+        task: "binary", "multiclass" or "multilabel".
+        label_names: output names in order; binary: [positive_name].
+        pipeline: the preprocessing pipeline the model was trained with (a Pipeline or its JSON list).
+        thresholds: decision thresholds (binary: 1, multilabel: one per finding, multiclass: []).
+        negative_name: the binary negative class name (e.g. "normal").
+        head: the head config, to check against the model's own (None: taken from the model).
+        input_size: the side (or (H, W)) the model was trained at; None keeps the model's data config.
+        metrics_summary: headline metrics per split, e.g. {"val": {...}, "test": {...}}.
+        data_summary: the training data summary (dataset name, images per split, label counts).
+        dtype: torch.float16 halves the file (floating tensors only); loading restores float32.
+
+    Returns:
+        The model folder.
+
+    Raises:
+        ValueError: inconsistent labels, thresholds, head or dtype, or weights that do not fit in float16.
+    """
+    out_dir = Path(out_dir)
+    label_names = [str(name) for name in label_names]
+    thresholds = [float(t) for t in thresholds]
+    _check_outputs(task, label_names, thresholds, int(model.num_classes))
+    model_head = head_config(model)
+    if head is not None:
+        given = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
+        if given != model_head:
+            raise ValueError(f"head {given} does not match the model's own head {model_head}")
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
+    pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_list(pipeline)
+
+    data_config = model_data_config(model)
+    if input_size is not None:
+        data_config["input_size"] = _input_size(input_size)
+    # chexlab letterboxes the whole radiograph to the input size and never centre-crops; crop_pct 1.0 keeps
+    # timm's own eval transforms from cutting off the lung bases and apices.
+    data_config["crop_pct"] = 1.0
+    training_data = {k: v for k, v in (data_summary or {}).items() if k not in LOCAL_KEYS}
+    chexlab_block = {
+        "task": task,
+        "negative_name": negative_name if task == "binary" else None,
+        "head": model_head.to_dict(),
+        "preprocessing": pipeline.to_list(),
+        "thresholds": thresholds,
+        "metrics": metrics_summary or {},
+        "training_data": training_data,
+        "weights_dtype": str(dtype).removeprefix("torch."),
+        "chexlab_version": __version__,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written next to the destination, then moved into place: a crash never leaves half a file behind.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        save_for_hf(
+            model,
+            tmp,
+            model_config={
+                "label_names": label_names,
+                # The tag and licence timm carries over describe the initial (e.g. ImageNet) weights, not
+                # these: the model's licence is in its card.
+                "pretrained_cfg": {"tag": None, "license": None},
+                "chexlab": chexlab_block,
+            },
+            safe_serialization=True,  # timm's default also writes a pickle (pytorch_model.bin)
+            data_config=data_config,
+        )
+        if dtype != torch.float32:
+            save_file(_weights(model, dtype), str(Path(tmp) / WEIGHTS_NAME), metadata={"format": "pt"})
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            # safetensors writes owner-only files; a model folder is meant to be shared and served.
+            os.chmod(Path(tmp) / name, 0o644)
+            os.replace(Path(tmp) / name, out_dir / name)
+    log.info("saved a %s %s model (%s weights) to %s", task, model.pretrained_cfg.get("architecture"),
+             chexlab_block["weights_dtype"], out_dir)  # fmt: skip
+    return out_dir
+
+
+def _weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors, floating ones in `dtype` (integer counters unchanged).
+
+    Raises:
+        ValueError: a finite weight overflows `dtype`.
+    """
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            cast = tensor.to(dtype)
+            if not torch.isfinite(cast).all() and torch.isfinite(tensor).all():
+                raise ValueError(f"{name} has values outside the {dtype} range; save in float32")
+            tensor = cast
+        weights[name] = tensor.contiguous()
+    return weights
+
+
+def resolve_source(source: str | Path) -> str:
+    """`hf-hub:...` and `local-dir:...` unchanged; an existing model folder or run folder as `local-dir:...`.
+
+    Raises:
+        ModelLoadError: a path that is neither a model folder nor a run folder holding one.
+    """
+    text = str(source)
+    if text.startswith(("hf-hub:", "local-dir:")):
+        return text
+    path = Path(text)
+    if (path / CONFIG_NAME).is_file():
+        return f"local-dir:{path}"
+    if (path / "model" / CONFIG_NAME).is_file():
+        return f"local-dir:{path / 'model'}"
+    if path.is_dir():
+        raise ModelLoadError(
+            f"{path} holds no {CONFIG_NAME} (nor model/{CONFIG_NAME}): not a model or run folder"
+        )
+    raise ModelLoadError(
+        f"model '{text}' not found: give hf-hub:org/name[@revision], local-dir:PATH, or an existing model "
+        "or run folder"
+    )
+
+
+def load_model(
+    source: str | Path, revision: str | None = None, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelInfo]:
+    """Load a chexlab model folder, from the Hub or from disk, for inference (eval mode).
+
+    Args:
+        source: "hf-hub:org/name[@revision]", "local-dir:PATH", or an existing model folder or run folder.
+        revision: a Hub branch, tag or commit (overrides an @revision in the source).
+        device: where to put the model.
+
+    Returns:
+        The model (float32, eval mode) and its ModelInfo.
+
+    Raises:
+        ModelLoadError: not found, offline without a cached copy, pickle-only weights, not a chexlab model, or
+            weights that do not fit the architecture.
+    """
+    resolved = resolve_source(source)
+    if revision is not None and resolved.startswith("local-dir:"):
+        raise ModelLoadError(f"revision '{revision}' applies to hf-hub sources; {resolved} is a local folder")
+    try:
+        config, state_dict = read_model_folder(resolved, revision=revision)
+    except ModelSourceError as err:
+        raise ModelLoadError(str(err)) from err
+    where = resolved + (f" (revision {revision})" if revision else "")
+    block = config.get("chexlab")
+    if not isinstance(block, dict):
+        raise ModelLoadError(
+            f"{where} is a timm model without chexlab's metadata (task, labels, preprocessing, thresholds) "
+            "in its config.json, e.g. an ImageNet checkpoint: its outputs are not chest X-ray findings. "
+            "Use it to start training instead (model.init in a training config)."
+        )
+    try:
+        info = _model_info(str(source) if revision is None else f"{source}@{revision}", config, block)
+        model = model_from_folder(config, state_dict)
+    except (KeyError, TypeError, ValueError, PreprocessError) as err:
+        raise ModelLoadError(f"{where} has an invalid chexlab config.json: {err}") from err
+    model.float().eval().to(device)
+    log.info("loaded %s: %s %s model, labels %s", where, info.arch, info.task, info.label_names)
+    return model, info
+
+
+def _model_info(source: str, config: dict[str, Any], block: dict[str, Any]) -> ModelInfo:
+    task = block["task"]
+    labels = saved_label_names(config)
+    if labels is None:
+        raise ValueError("no label_names")
+    thresholds = [float(t) for t in block.get("thresholds") or []]
+    _check_outputs(task, labels, thresholds, int(config["num_classes"]))
+    pretrained = config.get("pretrained_cfg", {})
+    data_config = {
+        "input_size": tuple(pretrained["input_size"]),
+        "mean": tuple(pretrained["mean"]),
+        "std": tuple(pretrained["std"]),
+        "interpolation": pretrained.get("interpolation", "bicubic"),
+        "crop_pct": pretrained.get("crop_pct", 1.0),
+    }
+    return ModelInfo(
+        source=source,
+        arch=config["architecture"],
+        task=task,
+        label_names=labels,
+        negative_name=block.get("negative_name"),
+        pipeline=Pipeline.from_list(block.get("preprocessing") or []),
+        thresholds=thresholds,
+        data_config=data_config,
+        head=HeadConfig.from_dict(block.get("head") or {}),
+        metrics=block.get("metrics") or {},
+        training_data=block.get("training_data") or {},
+        chexlab_version=block.get("chexlab_version"),
+        config=config,
+    )
