@@ -66,7 +66,7 @@ def lung_bounds(size: int = 256, offset: tuple[int, int] = (0, 0)) -> Box:
 
 
 def framed_cxr(size: int = 256, border: int = 48) -> np.ndarray:
-    """synthetic_cxr on a wider black frame with a burned-in bright text label in a corner, outside the body."""
+    """synthetic_cxr on a wider black frame, with a burned-in text label in a corner outside the body."""
     inner = synthetic_cxr(size)
     image = np.zeros((size + 2 * border, size + 2 * border), dtype=np.float32)
     image[border : border + size, border : border + size] = inner
@@ -121,7 +121,7 @@ def test_lung_box_is_scale_invariant() -> None:
     small, big = synthetic_cxr(256), synthetic_cxr(1024)
     a, b = lung_box(small), lung_box(big)
     for got, want in zip((b.top, b.left, b.bottom, b.right), (a.top, a.left, a.bottom, a.right), strict=True):
-        assert abs(got - 4 * want) <= 12
+        assert abs(got - 4 * want) <= 0.02 * 1024  # the same box within 2 % of the side
 
 
 @pytest.mark.parametrize(
@@ -173,9 +173,9 @@ def test_resize_keeps_aspect_and_pads_with_black() -> None:
     out = resize(image, size=64)
     assert out.shape == (64, 64)
     assert np.all(out[:, :15] == 0) and np.all(out[:, 49:] == 0)
-    assert np.all(out[:, 17:47] == 1)
+    assert np.allclose(out[:, 17:47], 1)
     squashed = resize(image, size=64, pad=False)
-    assert squashed.shape == (64, 64) and np.all(squashed == 1)
+    assert squashed.shape == (64, 64) and np.allclose(squashed, 1)
 
 
 def test_invert() -> None:

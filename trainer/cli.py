@@ -77,14 +77,15 @@ def _preprocess(args: argparse.Namespace) -> int:
     from trainer.preprocess import Pipeline
 
     inputs = [Path(p) for p in args.inputs]
-    if args.out:
-        written = preprocess_files(inputs, Pipeline.parse(args.ops), Path(args.out))
-        print(f"wrote {len(written)} images to {args.out}")
-    if args.grid:
-        contact_sheet(inputs, Path(args.grid))
-        print(f"contact sheet written to {args.grid}")
     if not (args.out or args.grid):
         raise ValueError("preprocess needs --out DIR and/or --grid FILE.png")
+    pipeline = Pipeline.parse(args.ops)
+    if args.grid:  # first: the sheet shows unreadable inputs as red rows instead of stopping
+        contact_sheet(inputs, Path(args.grid))
+        print(f"contact sheet written to {args.grid}")
+    if args.out:
+        written = preprocess_files(inputs, pipeline, Path(args.out))
+        print(f"wrote {len(written)} images to {args.out}")
     return 0
 
 

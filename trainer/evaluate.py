@@ -15,9 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer.config import DataConfig, load_config
-from trainer.data import LabelTable, XRayDataset
+from trainer.data import XRayDataset
 from trainer.export import ModelInfo, load_model
 from trainer.inference import predict_tensors
+from trainer.labels import LabelTable
 from trainer.metrics import evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc
 from trainer.reporting import write_json

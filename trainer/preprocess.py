@@ -64,6 +64,7 @@ _RIB_RADIUS = 0.025  # of the body box's longer side: wider than a rib shadow, n
 _SPLIT_LEVELS = 4  # how many thresholds above a leak the watershed split looks
 _MAX_LUNG_WIDTH = 0.6  # of the body box width
 _APEX_EXTENSION = 0.1  # of a lung's height
+_MIN_LUNG_CONTRAST = 0.05  # (body mean - lung mean) / the body's 5-95 % range
 _SEARCH_TILES = 4  # CLAHE tiles for the lung search: coarse enough to leave no halo beside the spine
 _LEVELS = 65535  # 16-bit quantisation: keeps the detail of 12-16 bit radiographs that 8 bits would merge
 
@@ -132,6 +133,13 @@ class Box:
         right = max(min(math.ceil(self.right * sx), shape[1]), left + 1)
         return Box(top, left, bottom, right)
 
+    def within(self, outer: Box) -> Box:
+        """This box clipped to `outer` (which it must overlap)."""
+        return Box(
+            max(self.top, outer.top), max(self.left, outer.left),
+            min(self.bottom, outer.bottom), min(self.right, outer.right),
+        )  # fmt: skip
+
     def expanded(self, margin: float, shape: tuple[int, ...]) -> Box:
         """This box grown by `margin` times its height/width on every side, clipped to `shape`."""
         dy, dx = round(margin * self.height), round(margin * self.width)
@@ -143,7 +151,7 @@ class Box:
 
 def crop(image: np.ndarray, box: Box) -> np.ndarray:
     """A copy of `image` inside `box` (a copy, so callers may modify it without touching the input)."""
-    return np.ascontiguousarray(image[box.top : box.bottom, box.left : box.right], dtype=np.float32).copy()
+    return image[box.top : box.bottom, box.left : box.right].astype(np.float32, copy=True)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -499,10 +507,14 @@ def _find_lungs(small: np.ndarray, mask: np.ndarray, body: Box) -> tuple[Box | N
     h, w = region.shape
     # Dark skin folds and air just inside the body outline are never lung.
     inside = cv2.erode(inside.astype(np.uint8), _disk(max(1, round(0.025 * max(h, w))))).astype(bool)
-    if h < 16 or w < 16 or inside.sum() < 0.1 * h * w:
+    if h < 64 or w < 64 or inside.sum() < 0.1 * h * w:
         return None, "the body region is too small to search"
+    # Anatomy is large-scale structure that survives a blur; noise (or a blank image) does not.
+    coarse = cv2.GaussianBlur(region, (0, 0), 0.02 * max(h, w))
+    if coarse[inside].std() < 0.5 * max(float(region[inside].std()), 1e-3):
+        return None, "the image has no large-scale structure"
     # CLAHE evens out exposure gradients (bright lower chest on AP films, dark neck), so that lungs are the
-    # darkest regions locally; it also makes the search indifferent to a CLAHE step run before it. A grey
+    # darkest regions locally; it also makes the search largely indifferent to a CLAHE step before it. A grey
     # opening then erases the ribs (bright bands narrower than the disk) that would otherwise cut the lung
     # fields into strips, and the blur smooths what is left.
     smooth = cv2.GaussianBlur(region, (0, 0), 1.0)  # CLAHE would amplify pixel noise in flat regions
@@ -519,6 +531,7 @@ def _find_lungs(small: np.ndarray, mask: np.ndarray, body: Box) -> tuple[Box | N
     half = max(1, w // 50)
     columns = np.arange(w)
     boxes: dict[bool, Box] = {}
+    found = np.zeros((h, w), dtype=bool)
     for side in (True, False):  # True: the image's left half (the patient's right lung on a PA view)
         allowed = inside & ((columns < mid - half) if side else (columns > mid + half))[None, :]
         if not allowed.any():
@@ -532,10 +545,18 @@ def _find_lungs(small: np.ndarray, mask: np.ndarray, body: Box) -> tuple[Box | N
         n, labels, stats, _ = _components(lung.astype(bool))
         if n < 2:
             continue
-        ys, xs = np.nonzero(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+        lung = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        found |= lung
+        ys, xs = np.nonzero(lung)
         # A lung is tall and its apex is in the upper chest; anything else is a dark patch lower down.
         if ys.max() + 1 - ys.min() >= 0.25 * h and ys.min() < 0.45 * h:
             boxes[side] = Box(ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+    # Lungs are darker than the rest of the body; regions that are not were found in a misread image.
+    if found.any() and (inside & ~found).any():
+        lo, hi = np.percentile(region[inside], [5, 95])
+        contrast = (region[inside & ~found].mean() - region[found].mean()) / max(hi - lo, 1e-6)
+        if contrast < _MIN_LUNG_CONTRAST:
+            return None, f"the lung candidates are not darker than the rest of the body ({contrast:.2f})"
     lungs, reason = _pair_box(boxes, mid, h, w)
     if lungs is None:
         return None, reason
@@ -558,9 +579,13 @@ def _pair_box(boxes: dict[bool, Box], mid: int, h: int, w: int) -> tuple[Box | N
         return None, "the two dark regions differ too much in size to be lungs"
     if min(a.bottom, b.bottom) - max(a.top, b.top) < 0.5 * min(a.height, b.height):
         return None, "the two dark regions are not side by side"
-    # Thresholds miss the apices, overlaid by the clavicles and first ribs: extend the box upwards.
+    # Thresholds miss the apices, overlaid by the clavicles and first ribs: extend the box upwards. A lung
+    # whose lateral part is hazy is found too narrow: the chest is roughly symmetric about the mediastinum,
+    # so each side reaches at least as far out as the mirror image of the other.
     top = max(min(a.top, b.top) - round(_APEX_EXTENSION * max(a.height, b.height)), 0)
-    lungs = Box(top, min(a.left, b.left), max(a.bottom, b.bottom), max(a.right, b.right))
+    left = max(min(a.left, 2 * mid - b.right), 0)
+    right = min(max(b.right, 2 * mid - a.left), w)
+    lungs = Box(top, left, max(a.bottom, b.bottom), right)
     # A box that would cut off much of the chest is worse than the body crop: reject rather than guess.
     if (
         lungs.width < 0.45 * w
@@ -589,7 +614,11 @@ def lung_box(image: np.ndarray, margin: float = 0.05) -> Box:
     if lungs is None:
         _warn(f"could not find two plausible lungs ({reason}); fell back to the body crop")
         return body.scaled(sy, sx, image.shape)
-    return lungs.scaled(sy, sx, image.shape).expanded(margin, image.shape)
+    return (
+        lungs.scaled(sy, sx, image.shape)
+        .expanded(margin, image.shape)
+        .within(body.scaled(sy, sx, image.shape))
+    )
 
 
 def crop_lungs(image: np.ndarray, margin: float = 0.05) -> np.ndarray:

@@ -16,21 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import DataConfig, RunConfig
-from trainer.data import (
-    LabelTable,
-    check_files,
-    derive_binary,
-    make_loaders,
-    patient_split,
-    read_csv_labels,
-    read_folder_labels,
-    read_nih_labels,
-    read_split,
-    select_findings,
-    write_split,
-)
+from trainer.data import check_files, make_loaders
+from trainer.label_readers import read_csv_labels, read_folder_labels
+from trainer.labels import LabelTable, derive_binary, select_findings
 from trainer.modeling import model_data_config
+from trainer.nih import read_nih_labels
 from trainer.preprocess import Pipeline
+from trainer.splits import patient_split, read_split, write_split
 from trainer.transforms import InputSpec, TrainAugment
 
 log = logging.getLogger(__name__)

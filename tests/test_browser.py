@@ -1,0 +1,160 @@
+"""The demo in a real browser: Playwright drives Debian's chromium through uploads, switches and a bad file.
+
+Screenshots go to test-artifacts/ at the repository root (git-ignored); their paths are printed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demo.gradio_ui import build_demo
+from demo.predictor import MODELS_DIR, Predictor
+from tests.conftest import REPO_ROOT, shared_path
+from tests.demo_support import save_tiny_model, serve, write_inputs
+
+pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+TIMEOUT_MS = 120_000  # a cold CPU model on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("app")
+    save_tiny_model(root / "tiny", pipeline=[{"op": "crop_body"}, {"op": "clahe"}])
+    predictor = Predictor({"tiny": root / "tiny"}, max_pixels=5_000_000)
+    with serve(
+        lambda: build_demo(predictor, examples=[files["png8"], files["dicom"]]), root / "cache"
+    ) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    page.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _open(page, url: str) -> None:
+    page.goto(url, wait_until="load")  # Gradio keeps a connection open: never "networkidle"
+    page.locator("#upload input[type=file]").wait_for(state="attached")
+
+
+def _upload(page, path: Path) -> None:
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+
+
+def _wait_for_results(page) -> None:
+    page.locator("#probabilities").get_by_text("%").first.wait_for()
+    heatmap = page.locator("#heatmap img").first
+    heatmap.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap.element_handle())
+    page.locator("#before-after img").first.wait_for()
+
+
+def _screenshot(page, name: str) -> Path:
+    page.wait_for_timeout(500)  # let the images paint
+    path = ARTIFACTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+def test_upload_shows_probabilities_and_heatmap(page, url: str, files: dict[str, Path]) -> None:
+    _open(page, url)
+    assert "not a medical device" in page.locator("#disclaimer").inner_text()
+    _upload(page, files["dicom"])
+    _wait_for_results(page)
+    _screenshot(page, "demo-tiny-model.png")
+    probabilities = page.locator("#probabilities").inner_text()
+    assert "abnormal" in probabilities and "normal" in probabilities
+    assert "threshold (0.50)" in page.locator("#decision").inner_text()
+    assert page.locator("#heatmap img").first.evaluate("img => img.naturalWidth") == 512
+    assert page.locator("#download").is_visible()
+    page.get_by_text("Image details").click()
+    assert "DX" in page.locator("#details").inner_text()  # the DICOM header summary
+
+
+def test_switches_warn_and_change_what_the_model_sees(page, url: str, files: dict[str, Path]) -> None:
+    _open(page, url)
+    _upload(page, files["png8"])
+    _wait_for_results(page)
+    first = page.locator("#before-after img").last.get_attribute("src")
+    assert "model's own preprocessing" in page.get_by_text("model's own preprocessing").first.inner_text()
+    page.get_by_label("Invert").check()
+    page.get_by_text("Custom preprocessing").wait_for()
+    assert not page.get_by_label("Use the model's own preprocessing (as trained)").is_checked()
+    page.wait_for_function(
+        "([sel, old]) => { const imgs = document.querySelectorAll(sel); const img = imgs[imgs.length - 1];"
+        " return img && img.src !== old; }",
+        arg=["#before-after img", first],
+    )
+    page.locator("#notes").get_by_text("trained with the preprocessing").wait_for()
+    _screenshot(page, "demo-custom-preprocessing.png")
+
+
+def test_bad_file_shows_a_message_and_the_app_keeps_working(page, url: str, files: dict[str, Path]) -> None:
+    _open(page, url)
+    _upload(page, files["fake_dicom"])
+    page.get_by_text("could not be analysed").wait_for()
+    page.get_by_text("not one (no 'DICM' marker").first.wait_for()  # the reader's message, in a toast
+    _screenshot(page, "demo-bad-file.png")
+    page.locator("#upload").get_by_label("Clear").click()
+    _upload(page, files["png16"])
+    _wait_for_results(page)
+    assert "threshold" in page.locator("#decision").inner_text()
+
+
+def test_real_model_and_radiograph(browser, tmp_path: Path) -> None:
+    """The default model (or CHEXLAB_DEFAULT_MODEL) on a real NIH radiograph: the screenshot for people."""
+    default = os.environ.get("CHEXLAB_DEFAULT_MODEL") or str(MODELS_DIR / "nih-binary")
+    if not Path(default).is_dir():
+        pytest.skip(f"needs the default model folder {default} (or CHEXLAB_DEFAULT_MODEL)")
+    image = shared_path("data", "nih_cxr14_subset", "images", "00000150_002.png")
+    predictor = Predictor({Path(default).name: default})
+    examples = [shared_path("data", "dicom", "RG1_UNCR.dcm"), image]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        with serve(lambda: build_demo(predictor, examples=examples), tmp_path / "cache") as url:
+            _open(page, url)
+            _upload(page, image)
+            _wait_for_results(page)
+            _screenshot(page, "demo-real-model.png")
+            assert "threshold" in page.locator("#decision").inner_text()
+    finally:
+        page.close()

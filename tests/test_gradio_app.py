@@ -1,0 +1,139 @@
+"""The Gradio app served on loopback, driven through its named API endpoints with gradio_client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from demo.cam import CAM_METHODS
+from demo.gradio_ui import DISCLAIMER, TOP_CLASS, build_demo
+from demo.predictor import Predictor
+from tests.demo_support import save_tiny_model, serve, write_inputs
+from tests.test_io import FRAGMENTS
+
+ALL_OFF = {"use_model_preprocessing": False, "clahe": False, "white_balance": False, "crop_body": False,
+           "crop_lungs": False, "invert": False}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> Iterator[Client]:
+    root = tmp_path_factory.mktemp("app")
+    save_tiny_model(root / "tiny", pipeline=[{"op": "crop_body"}])
+    predictor = Predictor({"tiny": root / "tiny"}, max_pixels=5_000_000)
+    with serve(lambda: build_demo(predictor, examples=[files["png8"]]), root / "examples") as url:
+        yield Client(url, verbose=False, download_files=str(root / "downloads"))
+
+
+def _predict(client: Client, path: Path, **settings) -> dict:
+    outputs = client.predict(handle_file(str(path)), **settings, api_name="/predict")
+    names = ("label", "decision", "overlay", "download", "before_after", "notes", "details", "cam_note")
+    return dict(zip(names, outputs, strict=True))
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_named_endpoints(client: Client) -> None:
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/predict", "/explain"} <= set(endpoints)
+    params = [p["parameter_name"] for p in endpoints["/predict"]["parameters"]]
+    assert params[:3] == ["file", "model", "use_model_preprocessing"] and "cam_method" in params
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16", "dicom"])
+def test_predict(client: Client, files: dict[str, Path], kind: str) -> None:
+    result = _predict(client, files[kind])
+    confidences = {c["label"]: c["confidence"] for c in result["label"]["confidences"]}
+    assert set(confidences) == {"abnormal", "normal"} and sum(confidences.values()) == pytest.approx(1.0)
+    assert result["label"]["label"] in result["decision"].lower()
+    assert "threshold (0.50)" in result["decision"]
+    overlay = _pixels(result["overlay"])
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.shape[:2] == (512, 512)
+    assert Path(result["download"]).suffix == ".png" and np.array_equal(_pixels(result["download"]), overlay)
+    before, after = (_pixels(path) for path in result["before_after"])
+    assert before.shape[:2] == after.shape[:2] and not np.array_equal(before, after)  # the body crop ran
+    assert "Grad-CAM for" in result["cam_note"]
+    if kind == "dicom":
+        assert "DICOM header" in result["details"] and "| Modality | DX |" in result["details"]
+        assert not any(fragment in result["details"] for fragment in FRAGMENTS)
+    else:
+        assert "DICOM header" not in result["details"]
+        assert ("16 bits" if kind == "png16" else "8 bits") in result["details"]
+
+
+@pytest.mark.parametrize("switch", ["clahe", "white_balance", "crop_body", "crop_lungs", "invert"])
+def test_each_switch_changes_what_the_model_sees(client: Client, files: dict[str, Path], switch: str) -> None:
+    plain = _predict(client, files["png8"], **ALL_OFF)
+    switched = _predict(client, files["png8"], **{**ALL_OFF, switch: True})
+    assert not np.array_equal(_pixels(plain["before_after"][1]), _pixels(switched["before_after"][1]))
+    assert "trained with the preprocessing 'crop_body'" in plain["notes"]  # all off differs from the model's
+    assert "trained with the preprocessing" in switched["notes"] or switch == "crop_body"
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_explain_with_every_method(client: Client, files: dict[str, Path], method: str) -> None:
+    overlay, download, note = client.predict(
+        handle_file(str(files["png8"])),
+        cam_method=method,
+        target_class="normal",
+        opacity=0.7,
+        api_name="/explain",
+    )
+    assert note.startswith(f"{method} for **normal**")
+    assert _pixels(overlay).shape == (512, 512, 3) and Path(download).name.endswith("_normal.png")
+
+
+def test_opacity_changes_only_the_blend(client: Client, files: dict[str, Path]) -> None:
+    faint, _, _ = client.predict(handle_file(str(files["png8"])), opacity=0.0, api_name="/explain")
+    strong, _, _ = client.predict(handle_file(str(files["png8"])), opacity=1.0, api_name="/explain")
+    faint, strong = _pixels(faint), _pixels(strong)
+    assert (faint[..., 0] == faint[..., 2]).all()  # opacity 0: the plain grayscale image
+    assert not np.array_equal(faint, strong)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("text", "not an image"),
+        ("empty", "empty"),
+        ("fake_dicom", "DICOM|not an image"),
+        ("huge", "megapixels"),
+    ],
+)
+def test_bad_file_gives_a_message_and_the_server_keeps_serving(
+    client: Client, files: dict[str, Path], kind: str, message: str
+) -> None:
+    with pytest.raises(AppError, match=f"(?i){message}") as caught:
+        _predict(client, files[kind])
+    assert "Traceback" not in str(caught.value)
+    assert _predict(client, files["png8"])["label"]["confidences"]
+
+
+def test_bad_settings_give_messages(client: Client, files: dict[str, Path]) -> None:
+    with pytest.raises(AppError, match="unknown class 'pneumonia'"):
+        _predict(client, files["png8"], target_class="pneumonia")
+    with pytest.raises(AppError, match="unknown model 'nope'"):
+        _predict(client, files["png8"], model="nope")
+    assert _predict(client, files["png8"], target_class=TOP_CLASS)["label"]
+
+
+def test_page_shows_the_disclaimer(client: Client) -> None:
+    import httpx
+
+    page = httpx.get(client.src, timeout=30).text
+    config = httpx.get(client.src.rstrip("/") + "/config", timeout=30).json()
+    assert "chexlab" in page
+    texts = [c.get("props", {}).get("value") for c in config["components"]]
+    assert DISCLAIMER in texts
