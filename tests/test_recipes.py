@@ -1,10 +1,8 @@
 """Every seed recipe in configs/ trains for a few steps on the closest real dataset in ../shared/data.
 
-The recipes name the data layout of the original studies (Shenzhen, the full NIH release, ...), which is not
-here; each test keeps the recipe (architecture, head, preprocessing, schedule) and points `data:` at the local
-copy that comes closest. Small inputs, two steps per epoch and one epoch per phase keep this a smoke test:
-it proves the recipe runs end to end and writes a complete run folder, not how well it does (that is
-bench/quality.py's job).
+The mapping from each recipe to local data (and stand-ins for initial weights that cannot be had offline)
+is bench/recipes.py's, the one the benchmark uses. Small inputs, two steps per epoch and one epoch per phase
+keep this a smoke test: it proves each recipe runs end to end and writes a complete run folder.
 """
 
 from __future__ import annotations
@@ -14,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, shared_path
+from bench.recipes import NIH_FINDINGS, RECIPES, local_overrides, offline_init
+from tests.conftest import REPO_ROOT, SHARED, shared_path
 from trainer import engine
 from trainer.config import load_config
-
-NIH_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
-    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
-]  # fmt: skip
 
 SMOKE = [
     "model.input_size=96",
@@ -32,76 +26,45 @@ SMOKE = [
     "data.check_decode=false",
     "eval.n_bootstrap=20",
 ]
+EXPECTED_LABELS = {
+    "chexnet-transfer": ["abnormal"],
+    "efficientnet-nih14": NIH_FINDINGS,
+    "simple-cnn": ["abnormal"],
+    "clahe-wb-transfer": ["covid19", "normal", "viral_pneumonia"],
+    "inceptionv3-nih15": [*NIH_FINDINGS, "No_Finding"],
+}
 
 
-def _nih(task: str, extra: list[str]) -> list[str]:
-    root = shared_path("data", "nih_cxr14_subset")
-    return [f"data.root={root}", "data.format=csv", "data.labels=labels.csv", f"data.task={task}", *extra]
+def _one_epoch_per_phase(recipe: str) -> str:
+    phases = load_config(REPO_ROOT / "configs" / f"{recipe}.yaml").train.phases
+    steps = ", ".join(f"{{epochs: 1, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}" for p in phases)
+    return f"train.phases=[{steps}]"
 
 
-def _one_epoch_per_phase(path: Path) -> str:
-    phases = load_config(path).train.phases
-    return "train.phases=[" + ", ".join(
-        f"{{epochs: 1, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}" for p in phases
-    ) + "]"
+@pytest.fixture(scope="module")
+def chexnet_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CheXNet cannot be had offline: a DenseNet121 chexlab model trained here on NIH labels stands in."""
+    shared_path("data", "nih_cxr14_subset")
+    out = tmp_path_factory.mktemp("chexnet")
+    cfg = load_config(REPO_ROOT / "configs" / "inceptionv3-nih15.yaml", [
+        *local_overrides("inceptionv3-nih15", SHARED), *SMOKE, "model.arch=densenet121", "model.head={type: linear}",
+        "model.init=null", "train.phases=[{epochs: 1, lr: 1.0e-3}]", f"output_dir={out}", "name=chexnet"])  # fmt: skip
+    return engine.fit(cfg, progress=False) / "model"
 
 
-def _run(tmp_path: Path, recipe: str, overrides: list[str]) -> dict:
-    path = REPO_ROOT / "configs" / f"{recipe}.yaml"
-    cfg = load_config(path, [*SMOKE, _one_epoch_per_phase(path), *overrides, f"output_dir={tmp_path}"])
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_on_local_data(recipe: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    shared_path("data")
+    shared_path("weights")
+    chexnet = request.getfixturevalue("chexnet_stand_in") if recipe == "chexnet-transfer" else None
+    overrides = [*local_overrides(recipe, SHARED), *offline_init(recipe, chexnet), *SMOKE,
+                 _one_epoch_per_phase(recipe), f"output_dir={tmp_path}"]  # fmt: skip
+    cfg = load_config(REPO_ROOT / "configs" / f"{recipe}.yaml", overrides)
     run = engine.fit(cfg, progress=False)
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "README.md").is_file()
     assert (run / "plots" / "roc.png").is_file()
-    return json.loads((run / "metrics.json").read_text())["test"]
-
-
-def _lite0() -> str:
-    return "model.init=file:" + str(shared_path("weights", "tf_efficientnet_lite0.in1k.timm.safetensors"))
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_chexnet_transfer(tmp_path: Path) -> None:
-    # CheXNet's weights cannot be had offline: stand in a DenseNet121 chexlab model trained here on NIH
-    # findings (CXR-to-CXR transfer, as the recipe does), then fine-tune its frozen backbone on binary labels.
-    source = load_config(
-        REPO_ROOT / "configs" / "inceptionv3-nih15.yaml",
-        [*SMOKE, *_nih("multilabel", []), "model.arch=densenet121", "model.head={type: linear}",
-         "train.phases=[{epochs: 1, lr: 1.0e-3}]", f"output_dir={tmp_path}", "name=chexnet-stand-in"],
-    )  # fmt: skip
-    chexnet = engine.fit(source, progress=False) / "model"
-    metrics = _run(tmp_path, "chexnet-transfer", [*_nih("binary", ["data.normal_label=No_Finding"]),
-                   "data.label_column=null", "data.positive=null", f"model.init=local-dir:{chexnet}",
-                   "model.new_head=true"])  # fmt: skip
-    assert metrics["label_names"] == ["abnormal"] and metrics["negative_name"] == "normal"
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_efficientnet_nih14(tmp_path: Path) -> None:
-    metrics = _run(tmp_path, "efficientnet-nih14", [*_nih("multilabel", [f"data.label_columns={NIH_FINDINGS}"]),
-                   "data.train_val_list=null", "data.test_list=null", _lite0()])  # fmt: skip
-    assert metrics["label_names"] == NIH_FINDINGS
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_simple_cnn(tmp_path: Path) -> None:
-    metrics = _run(tmp_path, "simple-cnn", _nih("binary", ["data.normal_label=No_Finding"]))
-    assert metrics["task"] == "binary"
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_clahe_wb_transfer(tmp_path: Path) -> None:
-    # InceptionResNetV2's ImageNet weights are not here offline: the smoke run starts from random weights.
-    root = shared_path("data", "covid19_pneumonia_normal")
-    metrics = _run(tmp_path, "clahe-wb-transfer", [f"data.root={root}", "model.init=null", "model.input_size=128"])
-    assert sorted(metrics["label_names"]) == ["covid19", "normal", "viral_pneumonia"]
-
-
-@pytest.mark.shared
-@pytest.mark.slow
-def test_inceptionv3_nih15(tmp_path: Path) -> None:
-    metrics = _run(tmp_path, "inceptionv3-nih15", [*_nih("multilabel", []), "model.init=null", "model.input_size=128"])
-    assert metrics["label_names"] == [*NIH_FINDINGS, "No_Finding"]
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert sorted(metrics["label_names"]) == sorted(EXPECTED_LABELS[recipe])
+    assert metrics["n_images"] > 0

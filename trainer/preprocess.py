@@ -262,7 +262,9 @@ def white_balance(image: np.ndarray, percent: float = 0.05) -> np.ndarray:
     range. A constant image is returned unchanged.
     """
     image = _as_image(image)
-    lo, hi = np.percentile(image, [percent, 100.0 - percent])
+    # Percentiles from a 16-bit histogram: exact to 1/65535 and several times faster than a partial sort.
+    cdf = np.cumsum(np.bincount(_quantise(image).ravel(), minlength=_LEVELS + 1))
+    lo, hi = np.searchsorted(cdf, [percent / 100.0 * cdf[-1], (1.0 - percent / 100.0) * cdf[-1]]) / _LEVELS
     if hi - lo < 1e-6:
         return image.copy()
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
