@@ -30,9 +30,18 @@ class CsvImages(Dataset):
             self.targets = (frame["label"].to_numpy()[:, None] == np.array(labels)[None]).astype(np.float32)
         else:
             self.targets = frame[labels].to_numpy(dtype=np.float32)
-        steps = [transforms.Resize((224, 224)), transforms.RandomHorizontalFlip()] if train else [transforms.Resize((224, 224))]
-        self.transform = transforms.Compose([*steps, transforms.ToTensor(),
-                                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        steps = (
+            [transforms.Resize((224, 224)), transforms.RandomHorizontalFlip()]
+            if train
+            else [transforms.Resize((224, 224))]
+        )
+        self.transform = transforms.Compose(
+            [
+                *steps,
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,21 +65,30 @@ def loss_fn(logits, y, task):
     if task == "multiclass":
         return torch.nn.functional.cross_entropy(logits, y.argmax(-1))
     known = ~torch.isnan(y)
-    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), reduction="none")
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.nan_to_num(y), reduction="none"
+    )
     return (losses * known).sum() / known.sum().clamp(min=1)
 
 
 def val_auc(probs, targets):
-    aucs = [roc_auc_score(targets[m, j], probs[m, j]) for j in range(targets.shape[1])
-            if len(np.unique(targets[(m := ~np.isnan(targets[:, j])), j])) == 2]
+    aucs = [
+        roc_auc_score(targets[m, j], probs[m, j])
+        for j in range(targets.shape[1])
+        if len(np.unique(targets[(m := ~np.isnan(targets[:, j])), j])) == 2
+    ]
     return float(np.mean(aucs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--split", required=True, help="chexlab split.csv (path, split, one column per output)")
+    parser.add_argument(
+        "--split", required=True, help="chexlab split.csv (path, split, one column per output)"
+    )
     parser.add_argument("--root", required=True)
-    parser.add_argument("--labels", nargs="+", required=True, help="output names: split.csv columns, or classes")
+    parser.add_argument(
+        "--labels", nargs="+", required=True, help="output names: split.csv columns, or classes"
+    )
     parser.add_argument("--task", choices=("binary", "multiclass", "multilabel"), required=True)
     parser.add_argument("--weights", required=True, help="ImageNet tf_efficientnet_lite0 safetensors")
     parser.add_argument("--out", required=True)
@@ -78,10 +96,21 @@ def main() -> None:
     torch.manual_seed(0)
     frame = pd.read_csv(args.split)
     parts = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
-    loaders = {s: DataLoader(CsvImages(f, Path(args.root), args.labels, args.task, s == "train"), batch_size=32,
-                             shuffle=s == "train", num_workers=2) for s, f in parts.items()}
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=True, num_classes=len(args.labels),
-                              pretrained_cfg_overlay={"file": args.weights})
+    loaders = {
+        s: DataLoader(
+            CsvImages(f, Path(args.root), args.labels, args.task, s == "train"),
+            batch_size=32,
+            shuffle=s == "train",
+            num_workers=2,
+        )
+        for s, f in parts.items()
+    }
+    model = timm.create_model(
+        "tf_efficientnet_lite0",
+        pretrained=True,
+        num_classes=len(args.labels),
+        pretrained_cfg_overlay={"file": args.weights},
+    )
     best, best_state, epoch_seconds = -1.0, None, []
     for epochs, lr, head_only in ((2, 1e-3, True), (4, 1e-4, False)):
         for p in model.parameters():
@@ -105,10 +134,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for split in ("val", "test"):
         probs, _ = outputs(model, loaders[split], args.task)
-        pd.DataFrame(probs, columns=args.labels).assign(path=parts[split]["path"].values).to_csv(out / f"{split}.csv", index=False)
+        pd.DataFrame(probs, columns=args.labels).assign(path=parts[split]["path"].values).to_csv(
+            out / f"{split}.csv", index=False
+        )
     n_train = len(parts["train"])
-    pd.Series({"seconds_per_epoch": np.mean(epoch_seconds), "images_per_s": n_train / np.mean(epoch_seconds),
-               "best_val_auc": best}).to_json(out / "timing.json")
+    pd.Series(
+        {
+            "seconds_per_epoch": np.mean(epoch_seconds),
+            "images_per_s": n_train / np.mean(epoch_seconds),
+            "best_val_auc": best,
+        }
+    ).to_json(out / "timing.json")
 
 
 if __name__ == "__main__":

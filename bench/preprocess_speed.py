@@ -1,4 +1,4 @@
-"""Time reading and preprocessing a 2048x2048 16-bit DICOM with every op; rewrites its docs/benchmarks.md section.
+"""Time reading and preprocessing a 2048x2048 16-bit DICOM with every op (a docs/benchmarks.md section).
 
     python bench/preprocess_speed.py [--repeats 7]
 
@@ -45,7 +45,11 @@ def phantom_dicom(size: int = 2048) -> bytes:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+        "CR",
+    )
     ds.Rows = ds.Columns = size
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
@@ -76,18 +80,23 @@ def main() -> None:
             start = time.perf_counter()
             Pipeline.parse(name).apply(pixels)
             per_op[name].append(time.perf_counter() - start)
-    rows = [f"| {name} | {1000 * statistics.median(t):.0f} | {1000 * max(t):.0f} |" for name, t in
-            [*timings.items(), *per_op.items()]]  # fmt: skip
-    body = "\n".join([
-        "## Preprocessing speed",
-        "",
-        f"`python bench/preprocess_speed.py` — a synthetic 2048x2048 16-bit MONOCHROME1 DICOM, {args.repeats} runs "
-        f"on this machine's CPU; 'all ops' is `{ALL_OPS}`.",
-        "",
-        "| step | median ms | max ms |",
-        "|---|---:|---:|",
-        *rows,
-    ])  # fmt: skip
+    rows = [
+        f"| {name} | {1000 * statistics.median(t):.0f} | {1000 * max(t):.0f} |"
+        for name, t in [*timings.items(), *per_op.items()]
+    ]
+    body = "\n".join(
+        [
+            "## Preprocessing speed",
+            "",
+            f"`python bench/preprocess_speed.py` — a synthetic 2048x2048 16-bit MONOCHROME1 DICOM, "
+            f"{args.repeats} runs "
+            f"on this machine's CPU; 'all ops' is `{ALL_OPS}`.",
+            "",
+            "| step | median ms | max ms |",
+            "|---|---:|---:|",
+            *rows,
+        ]
+    )
     print(body)
     replace_section("preprocess-speed", body)
 

@@ -45,7 +45,9 @@ PUBLISHED = {
 
 
 def task_config(task: str, overrides: list[str]) -> RunConfig:
-    return load_config(REPO / "configs" / "defaults" / f"{task}.yaml", [f"output_dir={OUT / task}", *overrides])
+    return load_config(
+        REPO / "configs" / "defaults" / f"{task}.yaml", [f"output_dir={OUT / task}", *overrides]
+    )
 
 
 def fixed_split(cfg: RunConfig) -> Path:
@@ -53,7 +55,9 @@ def fixed_split(cfg: RunConfig) -> Path:
     path = OUT / cfg.name / "split.csv"
     if not path.is_file():
         table = load_table(cfg.data)
-        split = patient_split(table, val=cfg.data.val_fraction, test=cfg.data.test_fraction, seed=cfg.data.split_seed)
+        split = patient_split(
+            table, val=cfg.data.val_fraction, test=cfg.data.test_fraction, seed=cfg.data.split_seed
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_split(table, split, path)
     return path
@@ -74,9 +78,26 @@ def run_baseline(cfg: RunConfig, split: Path) -> Path:
     labels = table.label_names
     weights = cfg.model.init.removeprefix("file:")
     if not (out / "test.csv").is_file():
-        subprocess.run([sys.executable, str(REPO / "bench" / "plain_baseline.py"), "--split", str(split),
-                        "--root", cfg.data.root, "--task", table.task, "--weights", weights, "--out", str(out),
-                        "--labels", *labels], check=True, cwd=REPO)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "bench" / "plain_baseline.py"),
+                "--split",
+                str(split),
+                "--root",
+                cfg.data.root,
+                "--task",
+                table.task,
+                "--weights",
+                weights,
+                "--out",
+                str(out),
+                "--labels",
+                *labels,
+            ],
+            check=True,
+            cwd=REPO,
+        )
     frame = pd.read_csv(split)
     targets = {}
     for part in ("val", "test"):
@@ -93,9 +114,16 @@ def run_baseline(cfg: RunConfig, split: Path) -> Path:
     thresholds = choose_thresholds(table.task, targets["val"], probs["val"], method=cfg.eval.threshold)
     test_rows = frame[frame["split"] == "test"]
     metrics = evaluate_predictions(
-        table.task, labels, targets["test"], probs["test"], test_rows["patient_id"].astype(str).tolist(), thresholds,
-        n_bootstrap=cfg.eval.n_bootstrap, seed=cfg.train.seed, negative_name=table.negative_name,
-    )  # fmt: skip
+        table.task,
+        labels,
+        targets["test"],
+        probs["test"],
+        test_rows["patient_id"].astype(str).tolist(),
+        thresholds,
+        n_bootstrap=cfg.eval.n_bootstrap,
+        seed=cfg.train.seed,
+        negative_name=table.negative_name,
+    )
     (out / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2))
     return out
 
@@ -110,7 +138,8 @@ def quality_section(tasks: list[str]) -> str:
     lines = [
         "## Quality: chexlab's recipe vs a plain timm fine-tune",
         "",
-        "`python bench/quality.py` — test split of a fixed patient-wise split of the ../shared data (drawn once, "
+        "`python bench/quality.py` — test part of a fixed patient-wise split of the ../shared data (drawn "
+        "once, "
         "before training); thresholds chosen on validation (Youden); 95 % CIs from a patient-level bootstrap "
         "(2,000 resamples). Multi-class: macro one-vs-rest AUC, accuracy, mean per-class sensitivity and "
         "specificity. Multi-label: mean over findings. Training time on this machine's CPU (2 cores).",
@@ -131,20 +160,31 @@ def quality_section(tasks: list[str]) -> str:
         lines.append(_row(task, "plain baseline", plain, plain_timing))
         lines.append(_row(task, "**chexlab**", ours, timing))
         gain = ours["headline"]["auc"]["value"] - plain["headline"]["auc"]["value"]
-        notes.append(f"- {task}: AUC {gain:+.3f} for chexlab ({ours['n_images']} test images, "
-                     f"{ours['n_patients']} patients). Published: {PUBLISHED[task]}.")  # fmt: skip
-    lines += ["", *notes, "", "The published numbers are not directly comparable: other data (full NIH, other "
-              "hospitals), other label sets, and splits that are not patient-wise (follow-up images of one "
-              "patient on both sides inflate accuracy); most report no confidence interval."]  # fmt: skip
+        notes.append(
+            f"- {task}: AUC {gain:+.3f} for chexlab ({ours['n_images']} test images, "
+            f"{ours['n_patients']} patients). Published: {PUBLISHED[task]}."
+        )
+    lines += [
+        "",
+        *notes,
+        "",
+        "The published numbers are not directly comparable: other data (full NIH, other "
+        "hospitals), other label sets, and splits that are not patient-wise (follow-up images of one "
+        "patient on both sides inflate accuracy); most report no confidence interval.",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--recipes", action="store_true", help="also run the seed recipes (bench/recipes.py)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="config overrides for both chexlab runs, e.g. train.batch_size=16")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides for both chexlab runs, e.g. train.batch_size=16"
+    )
     args = parser.parse_args()
     tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks if not args.report_only else []:

@@ -19,9 +19,21 @@ SHARED = REPO.parent / "shared"
 OUT = REPO / "runs" / "bench" / "recipes"
 RECIPES = ("chexnet-transfer", "efficientnet-nih14", "simple-cnn", "clahe-wb-transfer", "inceptionv3-nih15")
 NIH_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
-    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
-]  # fmt: skip
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+]
 PUBLISHED = {
     "chexnet-transfer": "accuracy 0.8761, sensitivity 0.8909, specificity 0.8621 (Shenzhen TB, 662 images)",
     "efficientnet-nih14": "mean AUC 0.8428 (full NIH, 112,120 images)",
@@ -41,16 +53,28 @@ LOCAL_DATA = {
 def local_overrides(recipe: str, shared: Path = SHARED) -> list[str]:
     """Config overrides that point `recipe` at the closest dataset in `shared`/data."""
     nih = [f"data.root={shared / 'data' / 'nih_cxr14_subset'}", "data.format=csv", "data.labels=labels.csv"]
-    binary = [*nih, "data.task=binary", "data.normal_label=No_Finding", "data.label_column=null", "data.positive=null"]
+    binary = [
+        *nih,
+        "data.task=binary",
+        "data.normal_label=No_Finding",
+        "data.label_column=null",
+        "data.positive=null",
+    ]
     lite0 = f"model.init=file:{shared / 'weights' / 'tf_efficientnet_lite0.in1k.timm.safetensors'}"
     return {
         "chexnet-transfer": binary,
-        "efficientnet-nih14": [*nih, "data.task=multilabel", f"data.label_columns={NIH_FINDINGS}",
-                               "data.train_val_list=null", "data.test_list=null", lite0],
+        "efficientnet-nih14": [
+            *nih,
+            "data.task=multilabel",
+            f"data.label_columns={NIH_FINDINGS}",
+            "data.train_val_list=null",
+            "data.test_list=null",
+            lite0,
+        ],
         "simple-cnn": binary,
         "clahe-wb-transfer": [f"data.root={shared / 'data' / 'covid19_pneumonia_normal'}"],
         "inceptionv3-nih15": [*nih, "data.task=multilabel"],
-    }[recipe]  # fmt: skip
+    }[recipe]
 
 
 def offline_init(recipe: str, chexnet: Path | None) -> list[str]:
@@ -65,24 +89,48 @@ def offline_init(recipe: str, chexnet: Path | None) -> list[str]:
 def cpu_scale(recipe: str) -> list[str]:
     """Shorter schedules and smaller inputs, so that each recipe runs in minutes on 2 CPU cores."""
     phases = load_config(REPO / "configs" / f"{recipe}.yaml").train.phases
-    short = ", ".join(f"{{epochs: {min(p.epochs, 4)}, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}"
-                      for p in phases)  # fmt: skip
-    return [f"train.phases=[{short}]", "model.input_size=160", "train.batch_size=32", "data.num_workers=1",
-            f"data.cache_dir={REPO / 'runs' / 'cache'}", "eval.n_bootstrap=1000"]  # fmt: skip
+    short = ", ".join(
+        f"{{epochs: {min(p.epochs, 4)}, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}"
+        for p in phases
+    )
+    return [
+        f"train.phases=[{short}]",
+        "model.input_size=160",
+        "train.batch_size=32",
+        "data.num_workers=1",
+        f"data.cache_dir={REPO / 'runs' / 'cache'}",
+        "eval.n_bootstrap=1000",
+    ]
 
 
 def run_recipes(report_only: bool = False) -> None:
     """Train (unless done) and report every recipe; CheXNet's stand-in is a DenseNet121 trained here first."""
     chexnet = OUT / "chexnet-stand-in" / "model"
     if not report_only and not chexnet.is_dir():
-        engine.fit(load_config(REPO / "configs" / "inceptionv3-nih15.yaml", [
-            *local_overrides("inceptionv3-nih15"), *cpu_scale("inceptionv3-nih15"), "model.arch=densenet121",
-            "model.head={type: linear}", "model.init=null", f"output_dir={OUT}", "name=chexnet-stand-in"]),
-            progress=False)  # fmt: skip
+        engine.fit(
+            load_config(
+                REPO / "configs" / "inceptionv3-nih15.yaml",
+                [
+                    *local_overrides("inceptionv3-nih15"),
+                    *cpu_scale("inceptionv3-nih15"),
+                    "model.arch=densenet121",
+                    "model.head={type: linear}",
+                    "model.init=null",
+                    f"output_dir={OUT}",
+                    "name=chexnet-stand-in",
+                ],
+            ),
+            progress=False,
+        )
     for recipe in RECIPES if not report_only else ():
         run = OUT / recipe
         if not (run / "metrics.json").is_file():
-            overrides = [*local_overrides(recipe), *offline_init(recipe, chexnet), *cpu_scale(recipe), f"output_dir={OUT}"]
+            overrides = [
+                *local_overrides(recipe),
+                *offline_init(recipe, chexnet),
+                *cpu_scale(recipe),
+                f"output_dir={OUT}",
+            ]
             engine.fit(load_config(REPO / "configs" / f"{recipe}.yaml", overrides), progress=False)
     replace_section("recipes", recipes_section())
 
@@ -91,9 +139,10 @@ def recipes_section() -> str:
     lines = [
         "## The seed recipes on the data here",
         "",
-        "`python bench/quality.py --recipes` — each `configs/<recipe>.yaml` with its model, head, preprocessing "
-        "and schedule shape, on the closest dataset in ../shared (patient-wise split, test part), scaled for a "
-        "2-core CPU: at most 4 epochs per phase, 160 px input. Initial weights that cannot be had offline are "
+        "`python bench/quality.py --recipes` — each `configs/<recipe>.yaml` with its model, head, "
+        "preprocessing and schedule shape, on the closest dataset in ../shared (patient-wise split, test "
+        "part), scaled for a 2-core CPU: at most 4 epochs per phase, 160 px input. Initial weights that "
+        "cannot be had offline are "
         "replaced: CheXNet by a DenseNet121 trained here on the NIH subset's 15 labels, timm's ImageNet "
         "InceptionV3 / InceptionResNetV2 by random initialisation. These are smoke-scale numbers, not "
         "reproductions.",

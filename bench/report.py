@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-HEADER = "# chexlab benchmarks\n\nEach section is rewritten by the script named in it; do not edit them by hand.\n"
+HEADER = (
+    "# chexlab benchmarks\n\nEach section is rewritten by the script named in it; do not edit them by hand.\n"
+)
 
 
 def replace_section(name: str, body: str, doc: Path = DOC) -> None:

@@ -37,7 +37,9 @@ EXPECTED_LABELS = {
 
 def _one_epoch_per_phase(recipe: str) -> str:
     phases = load_config(REPO_ROOT / "configs" / f"{recipe}.yaml").train.phases
-    steps = ", ".join(f"{{epochs: 1, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}" for p in phases)
+    steps = ", ".join(
+        f"{{epochs: 1, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}" for p in phases
+    )
     return f"train.phases=[{steps}]"
 
 
@@ -46,9 +48,19 @@ def chexnet_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CheXNet cannot be had offline: a DenseNet121 chexlab model trained here on NIH labels stands in."""
     shared_path("data", "nih_cxr14_subset")
     out = tmp_path_factory.mktemp("chexnet")
-    cfg = load_config(REPO_ROOT / "configs" / "inceptionv3-nih15.yaml", [
-        *local_overrides("inceptionv3-nih15", SHARED), *SMOKE, "model.arch=densenet121", "model.head={type: linear}",
-        "model.init=null", "train.phases=[{epochs: 1, lr: 1.0e-3}]", f"output_dir={out}", "name=chexnet"])  # fmt: skip
+    cfg = load_config(
+        REPO_ROOT / "configs" / "inceptionv3-nih15.yaml",
+        [
+            *local_overrides("inceptionv3-nih15", SHARED),
+            *SMOKE,
+            "model.arch=densenet121",
+            "model.head={type: linear}",
+            "model.init=null",
+            "train.phases=[{epochs: 1, lr: 1.0e-3}]",
+            f"output_dir={out}",
+            "name=chexnet",
+        ],
+    )
     return engine.fit(cfg, progress=False) / "model"
 
 
@@ -59,8 +71,13 @@ def test_recipe_runs_on_local_data(recipe: str, tmp_path: Path, request: pytest.
     shared_path("data")
     shared_path("weights")
     chexnet = request.getfixturevalue("chexnet_stand_in") if recipe == "chexnet-transfer" else None
-    overrides = [*local_overrides(recipe, SHARED), *offline_init(recipe, chexnet), *SMOKE,
-                 _one_epoch_per_phase(recipe), f"output_dir={tmp_path}"]  # fmt: skip
+    overrides = [
+        *local_overrides(recipe, SHARED),
+        *offline_init(recipe, chexnet),
+        *SMOKE,
+        _one_epoch_per_phase(recipe),
+        f"output_dir={tmp_path}",
+    ]
     cfg = load_config(REPO_ROOT / "configs" / f"{recipe}.yaml", overrides)
     run = engine.fit(cfg, progress=False)
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "README.md").is_file()

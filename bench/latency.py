@@ -1,0 +1,157 @@
+"""Demo latency: server-side time for one prediction with Grad-CAM, against the bare model's forward+backward.
+
+    python -m bench.latency                       # the default model, the built-in radiograph at 1024x1024
+    python -m bench.latency --model DIR --runs 30 --threads 2 --image chest.png
+
+One "predict + Grad-CAM" run is what the demo's /predict does on the server for a 1024x1024 upload: read the
+file, run the model's preprocessing, letterbox and normalise, one forward pass with the CAM hooks, the
+backward pass, the overlay. The reference is the bare model's forward+backward on the same input tensor,
+measured in the same process, interleaved with the demo runs so that both see the same machine load. The
+markdown table is printed and written to the "## Demo latency" section of docs/benchmarks.md (other sections
+are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from demo.predictor import DEFAULT_MODEL_ENV, MODELS_DIR, ModelLoadError, Predictor, builtin_example
+from trainer.inference import prepare_input
+from trainer.io import load_xray
+
+SIDE = 1024
+SECTION = "## Demo latency"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def benchmark_image(source: Path | None, folder: Path) -> Path:
+    """A SIDE x SIDE 16-bit PNG made from `source` (default: the built-in radiograph), centre-cropped."""
+    source = source or builtin_example()
+    if source is None:
+        raise SystemExit("no test image: pass --image, or install pydicom-data for the built-in radiograph")
+    pixels = load_xray(source).pixels
+    height, width = pixels.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(np.rint(pixels[top : top + side, left : left + side] * 65535).astype(np.uint16))
+    path = folder / f"radiograph_{SIDE}.png"
+    square.resize((SIDE, SIDE), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def bare_forward_backward(model: torch.nn.Module, tensor: torch.Tensor) -> None:
+    """What any gradient-based CAM needs at least: one forward and one backward pass."""
+    x = tensor[None].clone().requires_grad_(True)
+    model(x)[0].max().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def measure(model_source: str, image: Path, runs: int, warmup: int, method: str) -> dict[str, object]:
+    predictor = Predictor({Path(model_source).name: model_source}, cache_size=0)
+    loaded = predictor.load(Path(model_source).name)
+    model_input = prepare_input(load_xray(image).pixels, loaded.info.pipeline, loaded.spec)
+    demo_times, bare_times = [], []
+    for run in range(warmup + runs):
+        started = time.perf_counter()
+        predictor.predict(image, method=method)
+        demo = time.perf_counter() - started
+        started = time.perf_counter()
+        bare_forward_backward(loaded.model, model_input.tensor)
+        bare = time.perf_counter() - started
+        if run >= warmup:
+            demo_times.append(demo)
+            bare_times.append(bare)
+    return {
+        "model": loaded.name,
+        "arch": loaded.info.arch,
+        "input": loaded.spec.size,
+        "pipeline": str(loaded.info.pipeline) or "none",
+        "demo": demo_times,
+        "bare": bare_times,
+    }
+
+
+def table(result: dict[str, object], runs: int, method: str) -> str:
+    demo, bare = result["demo"], result["bare"]
+    ratio = statistics.median(demo) / statistics.median(bare)
+    cpu = os.cpu_count()
+    return "\n".join(
+        [
+            f"Model `{result['model']}` ({result['arch']}, {result['input']}x{result['input']} input, "
+            f"preprocessing: {result['pipeline']}); a {SIDE}x{SIDE} 16-bit PNG; {method}; {runs} runs after "
+            f"warm-up; {platform.processor() or platform.machine()}, {cpu} CPU cores visible, "
+            f"{torch.get_num_threads()} torch threads; torch {torch.__version__}.",
+            "",
+            "| measurement | median (ms) | p95 (ms) |",
+            "|---|---:|---:|",
+            f"| demo `/predict` server side: read + preprocess + forward + {method} + overlay "
+            f"| {statistics.median(demo) * 1e3:.0f} | {percentile(demo, 95) * 1e3:.0f} |",
+            f"| bare model forward + backward, same input "
+            f"| {statistics.median(bare) * 1e3:.0f} | {percentile(bare, 95) * 1e3:.0f} |",
+            f"| ratio of medians (demo / bare) | {ratio:.2f} | |",
+        ]
+    )
+
+
+def write_section(path: Path, heading: str, body: str) -> None:
+    """Replace (or add) one `## ` section of a markdown file, keeping every other section."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    section = [heading, "", *body.splitlines(), ""]
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = section
+    else:
+        lines += ["", *section] if lines and lines[-1].strip() else section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_model = os.environ.get(DEFAULT_MODEL_ENV) or str(MODELS_DIR / "nih-binary")
+    parser.add_argument(
+        "--model", default=default_model, help="model folder or Hub id (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--image", type=Path, help="radiograph to resize to 1024x1024 (default: the built-in one)"
+    )
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--method", default="Grad-CAM")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (a 2-vCPU Space: 2)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        image = benchmark_image(args.image, Path(folder))
+        try:
+            result = measure(args.model, image, args.runs, args.warmup, args.method)
+        except ModelLoadError as err:
+            raise SystemExit(f"cannot load the model: {err}") from None
+    body = table(result, args.runs, args.method)
+    print(body)
+    if not args.no_write:
+        write_section(args.out, SECTION, body + "\n\nReproduce: `python -m bench.latency` (see `--help`).")
+        print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
