@@ -19,7 +19,7 @@ from tests.synthetic import write_binary_dataset, write_multiclass_dataset, writ
 from trainer import engine
 from trainer.checkpoint import load_checkpoint
 from trainer.config import load_config
-from trainer.export import load_model
+from trainer.export import export_run, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.arch=chexlab_simple_cnn", "model.input_size=64", "data.num_workers=0", "eval.n_bootstrap=100"]
@@ -76,6 +76,15 @@ def test_binary_run_learns_and_writes_a_complete_run_folder(tmp_path: Path) -> N
     assert info.task == "binary" and info.label_names == ["abnormal"] and info.negative_name == "normal"
     assert len(info.thresholds) == 1 and 0 < info.thresholds[0] < 1
     assert info.thresholds == metrics["test"]["thresholds"]
+
+    # `python -m trainer export` ships it in float16: half the size, the same outputs, the card along
+    small = export_run(run, tmp_path / "small")
+    assert (small / "model.safetensors").stat().st_size < 0.6 * (run / "model" / "model.safetensors").stat().st_size
+    assert (small / "README.md").is_file() and (small / "plots" / "roc.png").is_file()
+    half, _ = load_model(str(small))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), half(x), atol=1e-2)
 
 
 def test_multiclass_and_multilabel_runs(tmp_path: Path) -> None:

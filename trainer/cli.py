@@ -1,4 +1,4 @@
-"""`python -m trainer fit|evaluate|predict|push|preprocess ...`: argument parsing, printing and exit codes.
+"""`python -m trainer fit|evaluate|predict|push|export|preprocess ...`: parsing, printing, exit codes.
 
 Library modules log and raise; this module is the only place that prints, so every user-facing error is
 one clear line (no stack trace) and a non-zero exit code.
@@ -69,6 +69,16 @@ def _push(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     print(result)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.export import export_run
+
+    out = export_run(args.run_dir, args.out, dtype=getattr(torch, args.dtype))
+    print(f"model folder written to {out}")
     return 0
 
 
@@ -144,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--revision", help="branch to push to")
     pu.add_argument("--dry-run", action="store_true", help="list what would be uploaded; send nothing")
     pu.set_defaults(run=_push)
+
+    ex = sub.add_parser("export", help="copy a run's model folder elsewhere, e.g. in float16 (half the size)")
+    ex.add_argument("run_dir", help="a finished run folder")
+    ex.add_argument("out", help="the model folder to write")
+    ex.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    ex.set_defaults(run=_export)
 
     pp = sub.add_parser(
         "preprocess", help="apply preprocessing ops to images; write PNGs and/or a contact sheet"

@@ -302,3 +302,32 @@ def _model_info(source: str, config: dict[str, Any], block: dict[str, Any]) -> M
         chexlab_version=block.get("chexlab_version"),
         config=config,
     )
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a finished run's model to `out_dir` (e.g. in float16, half the size), with its card and plots.
+
+    Raises:
+        ModelLoadError: the run folder holds no model.
+    """
+    from hub_cards import write_card
+
+    run_dir = Path(run_dir)
+    model, info = load_model(run_dir / "model")
+    block = info.config["chexlab"]
+    out = save_pretrained(
+        model,
+        out_dir,
+        task=info.task,
+        label_names=info.label_names,
+        pipeline=info.pipeline,
+        thresholds=info.thresholds,
+        negative_name=info.negative_name,
+        head=info.head,
+        input_size=info.data_config["input_size"],
+        metrics_summary=block.get("metrics"),
+        data_summary=block.get("training_data"),
+        dtype=dtype,
+    )
+    write_card(run_dir, out)
+    return out
