@@ -1,13 +1,13 @@
 """Demo latency: server-side time for one prediction with Grad-CAM, against the bare model's forward+backward.
 
-    python -m bench.latency                       # the default model, the built-in radiograph at 1024x1024
-    python -m bench.latency --model DIR --runs 30 --threads 2 --image chest.png
+    python bench/latency.py                       # the default model, the built-in radiograph at 1024x1024
+    python bench/latency.py --model DIR --runs 30 --threads 2 --image chest.png
 
 One "predict + Grad-CAM" run is what the demo's /predict does on the server for a 1024x1024 upload: read the
 file, run the model's preprocessing, letterbox and normalise, one forward pass with the CAM hooks, the
 backward pass, the overlay. The reference is the bare model's forward+backward on the same input tensor,
 measured in the same process, interleaved with the demo runs so that both see the same machine load. The
-markdown table is printed and written to the "## Demo latency" section of docs/benchmarks.md (other sections
+markdown table is printed and written to the "Demo latency" section of docs/benchmarks.md (other sections
 are kept).
 """
 
@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +26,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from demo.predictor import DEFAULT_MODEL_ENV, MODELS_DIR, ModelLoadError, Predictor, builtin_example
-from trainer.inference import prepare_input
-from trainer.io import load_xray
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import DOC, replace_section  # noqa: E402
+from demo.predictor import (  # noqa: E402
+    DEFAULT_MODEL_ENV,
+    MODELS_DIR,
+    ModelLoadError,
+    Predictor,
+    builtin_example,
+    describe_pipeline,
+)
+from trainer.inference import prepare_input  # noqa: E402
+from trainer.io import load_xray  # noqa: E402
 
 SIDE = 1024
-SECTION = "## Demo latency"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+SECTION = "demo-latency"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,7 +89,8 @@ def measure(model_source: str, image: Path, runs: int, warmup: int, method: str)
         "model": loaded.name,
         "arch": loaded.info.arch,
         "input": loaded.spec.size,
-        "pipeline": str(loaded.info.pipeline) or "none",
+        "pipeline": describe_pipeline(loaded.info.pipeline),
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "demo": demo_times,
         "bare": bare_times,
     }
@@ -94,7 +105,13 @@ def table(result: dict[str, object], runs: int, method: str) -> str:
             f"Model `{result['model']}` ({result['arch']}, {result['input']}x{result['input']} input, "
             f"preprocessing: {result['pipeline']}); a {SIDE}x{SIDE} 16-bit PNG; {method}; {runs} runs after "
             f"warm-up; {platform.processor() or platform.machine()}, {cpu} CPU cores visible, "
-            f"{torch.get_num_threads()} torch threads; torch {torch.__version__}.",
+            f"{torch.get_num_threads()} torch threads; torch {torch.__version__}"
+            + (
+                f"; 1-minute load average {result['load']:.1f} at the end"
+                if result["load"] is not None
+                else ""
+            )
+            + ". Gradio's own PNG encoding of the returned images is not included.",
             "",
             "| measurement | median (ms) | p95 (ms) |",
             "|---|---:|---:|",
@@ -105,21 +122,6 @@ def table(result: dict[str, object], runs: int, method: str) -> str:
             f"| ratio of medians (demo / bare) | {ratio:.2f} | |",
         ]
     )
-
-
-def write_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or add) one `## ` section of a markdown file, keeping every other section."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    section = [heading, "", *body.splitlines(), ""]
-    if heading in lines:
-        start = lines.index(heading)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = section
-    else:
-        lines += ["", *section] if lines and lines[-1].strip() else section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--method", default="Grad-CAM")
     parser.add_argument("--threads", type=int, help="torch CPU threads (a 2-vCPU Space: 2)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if args.threads:
@@ -149,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     body = table(result, args.runs, args.method)
     print(body)
     if not args.no_write:
-        write_section(args.out, SECTION, body + "\n\nReproduce: `python -m bench.latency` (see `--help`).")
+        replace_section(
+            SECTION, f"## Demo latency\n\n`python bench/latency.py` (see `--help`). {body}", args.out
+        )
         print(f"\nwritten to {args.out}")
 
 
