@@ -99,13 +99,13 @@ def measure(model_source: str, image: Path, runs: int, warmup: int, method: str)
 def table(result: dict[str, object], runs: int, method: str) -> str:
     demo, bare = result["demo"], result["bare"]
     ratio = statistics.median(demo) / statistics.median(bare)
-    cpu = os.cpu_count()
+    cpu, threads = os.cpu_count(), torch.get_num_threads()
     return "\n".join(
         [
             f"Model `{result['model']}` ({result['arch']}, {result['input']}x{result['input']} input, "
             f"preprocessing: {result['pipeline']}); a {SIDE}x{SIDE} 16-bit PNG; {method}; {runs} runs after "
             f"warm-up; {platform.processor() or platform.machine()}, {cpu} CPU cores visible, "
-            f"{torch.get_num_threads()} torch threads; torch {torch.__version__}"
+            f"{threads} torch thread{'s' if threads != 1 else ''}; torch {torch.__version__}"
             + (
                 f"; 1-minute load average {result['load']:.1f} at the end"
                 if result["load"] is not None

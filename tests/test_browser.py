@@ -129,7 +129,7 @@ def test_switches_warn_and_change_what_the_model_sees(page, url: str, files: dic
 def test_bad_file_shows_a_message_and_the_app_keeps_working(page, url: str, files: dict[str, Path]) -> None:
     _open(page, url)
     _upload(page, files["fake_dicom"])
-    page.get_by_text("could not be analysed").wait_for()
+    page.locator("#decision").get_by_text("No result").wait_for()
     page.get_by_text("not one (no 'DICM' marker").first.wait_for()  # the reader's message, in a toast
     _screenshot(page, "demo-bad-file.png")
     page.locator("#upload").get_by_label("Clear").click()

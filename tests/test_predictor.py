@@ -23,7 +23,7 @@ from demo.predictor import (
 )
 from tests.demo_support import SIZE, THRESHOLDS, save_tiny_model, write_inputs
 from tests.test_io import FRAGMENTS
-from trainer.io import XRayReadError
+from trainer.io import XRayReadError, XRayWarning
 from trainer.preprocess import Pipeline
 
 MAX_PIXELS = 5_000_000
@@ -85,7 +85,8 @@ def test_real_dicom_from_pydicom_data(predictor: Predictor) -> None:
     path = builtin_example()
     if path is None:
         pytest.skip("pydicom-data (RG1_UNCR.dcm) is not installed")
-    result = predictor.predict(path)
+    with pytest.warns(XRayWarning, match="MONOCHROME1"):
+        result = predictor.predict(path)
     assert result.header["modality"] == "CR" and result.header["photometric"] == "MONOCHROME1"
     assert any("MONOCHROME1" in note for note in result.warnings)  # the inversion is reported
     assert result.image_info["size"] == "1841 x 1955 px"
