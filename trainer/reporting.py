@@ -148,7 +148,7 @@ def finish_run(
             else f"CPU ({platform.processor() or platform.machine()})",
         },
         "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
+        "epochs_run": len(state.history),  # fewer than planned when early stopping ended a phase
         "monitor": cfg.train.monitor,
     }
     write_json(run_dir / "run.json", run_info)
