@@ -1,0 +1,332 @@
+"""Streamlit page: compare chexlab models, or preprocessing variants of one model, on the same radiographs.
+
+    streamlit run demo/compare.py
+
+Teaching use: pick 2-4 models (or one model and several preprocessing variants) and a few images; the grid
+shows each model's probabilities, decision and class activation map per image, the images where they
+disagree come first, and the comparison downloads as a CSV and a PNG. The logic lives in
+`demo/comparison.py` (shared with the Gradio app's Compare page); this file is only the page.
+
+Environment variables (besides CHEXLAB_DEFAULT_MODEL, CHEXLAB_MODELS and CHEXLAB_EXAMPLES, as in the
+Gradio app; see `demo/predictor.py`):
+    CHEXLAB_COMPARE_MODELS  the models selected at start, comma-separated names, folders or Hub ids
+                            (default: the first embedded models)
+    CHEXLAB_COMPARE_FOLDER  a folder of images selected at start as the image source
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # `streamlit run demo/compare.py` puts demo/, not the checkout, on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from demo.cam import CAM_METHODS, SLOW_METHODS
+from demo.comparison import (
+    DISCLAIMER,
+    MAX_IMAGES,
+    MAX_MODELS,
+    MIN_MODELS,
+    VARIANTS,
+    Cell,
+    Comparison,
+    ImageItem,
+    class_options,
+    compare_models,
+    compare_preprocessing,
+    grid_png,
+    images_from_folder,
+    images_from_paths,
+    to_csv,
+)
+from demo.predictor import (
+    DEFAULT_MODEL_ENV,
+    EXAMPLES_ENV,
+    MODELS_ENV,
+    LoadedModel,
+    Predictor,
+    example_files,
+)
+
+log = logging.getLogger(__name__)
+
+MODELS_PRESET_ENV = "CHEXLAB_COMPARE_MODELS"
+FOLDER_PRESET_ENV = "CHEXLAB_COMPARE_FOLDER"
+TOP_CLASS = "Top class"
+MODES = {"models": "Models side by side", "preprocessing": "Preprocessing variants of one model"}
+SOURCES = ("Examples", "Folder", "Upload")
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff", "bmp"]
+CELL_SIDE = 240  # images in the grid are shown (and sent to the browser) at most this wide
+FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
+CSS = """
+<style>
+.chx-disagree { color: #b42318; font-weight: 600; }
+.chx-right { color: #067647; } .chx-wrong { color: #b42318; }
+</style>
+"""
+
+
+@st.cache_resource(show_spinner=False)
+def get_predictor(env: tuple[tuple[str, str], ...]) -> Predictor:
+    """The predictor shared by every session (it holds the loaded models); keyed by the model settings.
+
+    Models are shared across sessions and threads: `Predictor.load` loads each once under a lock, and every
+    forward pass with CAM hooks runs under the model's `demo.cam.model_lock`.
+    """
+    return Predictor.from_env(dict(env), max_models=MAX_MODELS + 1)
+
+
+def _model_env() -> tuple[tuple[str, str], ...]:
+    return tuple((name, os.environ.get(name, "")) for name in (DEFAULT_MODEL_ENV, MODELS_ENV))
+
+
+def main() -> None:
+    st.set_page_config(page_title="chexlab · compare models", page_icon="🩻", layout="wide")
+    st.markdown(CSS, unsafe_allow_html=True)
+    st.title("Compare models and preprocessing")
+    st.warning(DISCLAIMER, icon="⚠️")
+    try:
+        predictor = get_predictor(_model_env())
+        _page(predictor)
+    except Exception as err:  # the UI boundary: a message in place, never a stack trace
+        log.exception("the comparison page failed")
+        st.error(
+            f"Something went wrong ({type(err).__name__}: {err}). Reload the page or change the settings."
+        )
+
+
+def _page(predictor: Predictor) -> None:
+    presets = [m.strip() for m in os.environ.get(MODELS_PRESET_ENV, "").split(",") if m.strip()]
+    aliases = {Predictor.name_for(p) for p in presets} - set(presets)
+    # Fixed for the session: loading a typed folder adds its name to choices(), which would reset the widget.
+    offered = st.session_state.setdefault(
+        "offered", [*presets, *(c for c in predictor.choices() if c not in aliases and c not in presets)]
+    )
+    with st.sidebar:
+        st.header("Settings")
+        mode = st.radio("Compare", list(MODES), format_func=MODES.get, key="mode")
+        if mode == "models":
+            models = st.multiselect(
+                f"Models ({MIN_MODELS} to {MAX_MODELS})",
+                offered,
+                default=(presets or offered)[:MAX_MODELS] if len(offered) >= MIN_MODELS else presets,
+                format_func=Predictor.name_for,
+                max_selections=MAX_MODELS,
+                accept_new_options=True,
+                help="Embedded models, or type a model folder or a Hugging Face Hub id (org/name) and press "
+                "Enter.",
+                key="models",
+            )
+            variants: list[str] = []
+        else:
+            model = st.selectbox(
+                "Model", offered, format_func=Predictor.name_for, accept_new_options=True,
+                help="A name, a model folder or a Hub id.", key="variant_model",
+            )  # fmt: skip
+            models = [model] if model else []
+            variants = st.multiselect("Preprocessing variants", list(VARIANTS), default=list(VARIANTS))
+        images, images_key = _image_picker()
+
+    loaded = _load_models(predictor, models)
+    with st.sidebar:
+        st.header("Explanation")
+        target = st.selectbox("Explain the class", [TOP_CLASS, *class_options(loaded)], key="target")
+        method = st.selectbox("Method", FAST_METHODS, key="method")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
+        run = st.button("Compare", type="primary", width="stretch", key="run")
+
+    settings = (mode, tuple(models), tuple(variants), images_key, target, method)
+    if run:
+        result = _run(
+            predictor, mode, models, variants, images, None if target == TOP_CLASS else target, method
+        )
+        if result is not None:
+            st.session_state["comparison"], st.session_state["settings"] = result, settings
+    result: Comparison | None = st.session_state.get("comparison")
+    if result is None:
+        st.info("Pick the models and the images in the sidebar, then press **Compare**.")
+        return
+    if st.session_state.get("settings") != settings:
+        st.info("The settings changed since this comparison: press **Compare** to update it.")
+    _show(result.with_opacity(opacity))
+
+
+def _image_picker() -> tuple[list[ImageItem], object]:
+    """The images chosen in the sidebar, and a key that changes when the choice does."""
+    st.header("Images")
+    preset = os.environ.get(FOLDER_PRESET_ENV, "")
+    source = st.radio("From", SOURCES, index=SOURCES.index("Folder") if preset else 0, horizontal=True)
+    if source == "Folder":
+        folder = st.text_input(
+            "Folder of radiographs", value=preset, placeholder="../shared/data/kermany_pediatric_pneumonia",
+            help="Images at its top level, or one sub-folder per class (the labels); a labels.csv beside the "
+            "images gives labels too.",
+        )  # fmt: skip
+        limit = st.slider("Images at most", 1, MAX_IMAGES, 8)
+        if not folder.strip():
+            return [], None
+        try:
+            return images_from_folder(folder.strip(), limit=limit), (folder.strip(), limit)
+        except (OSError, ValueError) as err:
+            st.error(str(err))
+            return [], None
+    if source == "Upload":
+        uploads = st.file_uploader(
+            "Radiographs (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP)", type=UPLOAD_TYPES,
+            accept_multiple_files=True,
+        )  # fmt: skip
+        items = [ImageItem(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
+        return items, tuple(hashlib.sha256(item.source).hexdigest() for item in items)
+    paths = example_files(limit=MAX_IMAGES)
+    if not paths:
+        st.caption(f"No examples: install pydicom-data or set {EXAMPLES_ENV} to a folder of images.")
+    else:
+        st.caption(f"{len(paths)} examples: " + ", ".join(p.name for p in paths))
+    return images_from_paths(paths), tuple(paths)
+
+
+def _load_models(predictor: Predictor, names: Sequence[str]) -> list[LoadedModel]:
+    """Load the chosen models (cached after the first time); a failure is shown in place."""
+    loaded = []
+    for name in names:
+        try:
+            with st.spinner(f"Loading {name}…"):
+                loaded.append(predictor.load(name))
+        except ValueError as err:  # ModelLoadError: unknown, missing, offline, not a chexlab model
+            st.error(f"**Model {name} could not be loaded.** {err}")
+        except Exception as err:  # corrupt weights raise whatever safetensors/torch raise
+            log.exception("loading %s failed", name)
+            st.error(f"**Model {name} could not be loaded** ({type(err).__name__}: {err}).")
+    return loaded
+
+
+def _run(
+    predictor: Predictor,
+    mode: str,
+    models: list[str],
+    variants: list[str],
+    images: list[ImageItem],
+    target: str | None,
+    method: str,
+) -> Comparison | None:
+    """Run the comparison with a progress bar; None (and a message in place) when it cannot run."""
+    bar = st.progress(0.0, text="Starting…")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.progress(min(1.0, fraction), text=message)
+
+    try:
+        if mode == "models":
+            return compare_models(predictor, models, images, target=target, method=method, progress=progress)
+        if not models:
+            raise ValueError("pick the model whose preprocessing variants to compare")
+        return compare_preprocessing(
+            predictor, models[0], images, variants=variants, target=target, method=method, progress=progress
+        )
+    except ValueError as err:  # too few models, no images, no variants
+        st.error(str(err)[:1].upper() + str(err)[1:])
+        return None
+    finally:
+        bar.empty()
+
+
+def _show(result: Comparison) -> None:
+    if result.disagreements:
+        st.info(result.headline(), icon=":material/compare_arrows:")
+    else:
+        st.success(result.headline())
+    st.subheader("Summary")
+    st.dataframe(result.summary_rows(), hide_index=True, width="content")
+    if result.labelled:
+        st.caption(
+            "Accuracy and AUC count only the images whose label matches this model's classes; on a few "
+            "images they say little."
+        )
+    with st.container(horizontal=True):
+        st.download_button(
+            "Download CSV", to_csv(result), file_name="chexlab-comparison.csv", mime="text/csv",
+            on_click="ignore", icon=":material/download:",
+        )  # fmt: skip
+        st.download_button(
+            "Download grid (PNG)", grid_png(result), file_name="chexlab-comparison.png", mime="image/png",
+            on_click="ignore", icon=":material/download:",
+        )  # fmt: skip
+    st.subheader("Grid")
+    target = result.target or "each model's top class"
+    st.caption(f"{result.method} maps for {target}. Red = the strongest evidence for that class.")
+    _grid(result)
+
+
+def _grid(result: Comparison) -> None:
+    pair = result.mode == "preprocessing"
+    spec = [1.3 if pair else 1] + [2 if pair else 1.2] * len(result.columns)
+    header = st.columns(spec, vertical_alignment="bottom")
+    header[0].markdown("**Image**")
+    for slot, column in zip(header[1:], result.columns, strict=True):
+        slot.markdown(f"**{column.name}**")
+        if column.error:
+            slot.error(f"Not loaded: {column.error}")
+        elif column.preprocessing:
+            slot.caption(f"Preprocessing: {column.preprocessing}  \n{column.rule.capitalize()}")
+    for row in result.rows:
+        with st.container(border=True):
+            slots = st.columns(spec)
+            with slots[0]:
+                if row.thumbnail is not None:
+                    st.image(_uint8(row.thumbnail), width=CELL_SIDE)
+                short = Path(row.image.name).name
+                st.markdown(f"**{_plain(short)}**", help=row.image.name if short != row.image.name else None)
+                if row.image.label:
+                    st.caption(f"Label: {_plain(row.image.label)}")
+                if row.disagree:
+                    st.markdown('<span class="chx-disagree">Disagreement</span>', unsafe_allow_html=True)
+            for slot, cell in zip(slots[1:], row.cells, strict=True):
+                with slot:
+                    _cell(cell, pair)
+
+
+def _cell(cell: Cell, pair: bool) -> None:
+    pred = cell.prediction
+    if pred is None:
+        st.error(cell.error or "No result.")
+        return
+    overlay = Image.fromarray(pred.overlay).resize((CELL_SIDE, CELL_SIDE), Image.Resampling.BILINEAR)
+    if pair:
+        produced, explained = st.columns(2)
+        produced.image(_uint8(pred.after), caption="What the model sees", width="stretch")
+        explained.image(overlay, caption=pred.method, width="stretch")
+    else:
+        st.image(overlay, width=CELL_SIDE)
+    verdict = {
+        True: ' <span class="chx-right">(right)</span>',
+        False: ' <span class="chx-wrong">(wrong)</span>',
+    }
+    st.markdown(f"**{cell.decision}**{verdict.get(cell.correct, '')}", unsafe_allow_html=True)
+    top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:4]
+    st.caption("  \n".join(f"{name}: {p:.2f}" for name, p in top))
+    notes = ([cell.note] if cell.note else []) + list(pred.warnings)
+    if notes:
+        with st.expander(f"Notes ({len(notes)})"):
+            st.caption("\n\n".join(notes))
+
+
+def _plain(text: str) -> str:
+    """`text` shown as is in Markdown (file names such as train__person1_virus.png hold emphasis marks)."""
+    return "".join(f"\\{c}" if c in "\\`*_[]<>#|~$" else c for c in text)
+
+
+def _uint8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+if __name__ == "__main__":
+    main()
