@@ -90,12 +90,12 @@ def cpu_scale(recipe: str) -> list[str]:
     """Shorter schedules and smaller inputs, so that each recipe runs in minutes on 2 CPU cores."""
     phases = load_config(REPO / "configs" / f"{recipe}.yaml").train.phases
     short = ", ".join(
-        f"{{epochs: {min(p.epochs, 4)}, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}"
+        f"{{epochs: {min(p.epochs, 2)}, lr: {p.lr}, freeze_backbone: {str(p.freeze_backbone).lower()}}}"
         for p in phases
     )
     return [
         f"train.phases=[{short}]",
-        "model.input_size=160",
+        "model.input_size=128",
         "train.batch_size=32",
         "data.num_workers=1",
         f"data.cache_dir={REPO / 'runs' / 'cache'}",
@@ -141,7 +141,7 @@ def recipes_section() -> str:
         "",
         "`python bench/quality.py --recipes` — each `configs/<recipe>.yaml` with its model, head, "
         "preprocessing and schedule shape, on the closest dataset in ../shared (patient-wise split, test "
-        "part), scaled for a 2-core CPU: at most 4 epochs per phase, 160 px input. Initial weights that "
+        "part), scaled for a 2-core CPU: at most 2 epochs per phase, 128 px input. Initial weights that "
         "cannot be had offline are "
         "replaced: CheXNet by a DenseNet121 trained here on the NIH subset's 15 labels, timm's ImageNet "
         "InceptionV3 / InceptionResNetV2 by random initialisation. These are smoke-scale numbers, not "

@@ -31,12 +31,12 @@ from pytorch_grad_cam.ablation_layer import AblationLayer
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 
+from trainer.labels import TASKS
 from trainer.modeling import cam_target_layer
 
 logger = logging.getLogger(__name__)
 
 Task = Literal["binary", "multiclass", "multilabel"]
-TASKS = ("binary", "multiclass", "multilabel")
 
 CAM_METHODS: MappingProxyType[str, type[BaseCAM]] = MappingProxyType(
     {

@@ -16,8 +16,8 @@ from hub_cards import CardError, CardInfo, render_card, write_card
 from hub_cards.render import HEADLINE_METRICS
 from tests.conftest import REPO_ROOT
 from tests.fake_run import CARD, make_run_folder
+from trainer.labels import TASKS
 
-TASKS = ("binary", "multiclass", "multilabel")
 HUB_SPLITS = {"test": "test", "val": "validation"}
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from hub_cards import CardInfo
+from trainer.labels import TASKS
 from trainer.modeling import HeadConfig
 from trainer.transforms import AugmentConfig
 
-TASKS = ("binary", "multiclass", "multilabel")
 LABEL_FORMATS = ("csv", "folder", "nih")
 
 

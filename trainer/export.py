@@ -29,13 +29,13 @@ from timm.models import save_for_hf
 from torch import nn
 
 from trainer import __version__
+from trainer.labels import TASKS
 from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, ModelSourceError, read_model_folder
 from trainer.modeling import HeadConfig, head_config, model_data_config, model_from_folder, saved_label_names
 from trainer.preprocess import Pipeline, PreprocessError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("binary", "multiclass", "multilabel")
 # Keys of a dataset summary that describe this machine, not the data: kept out of a publishable config.json.
 LOCAL_KEYS = ("root",)
 

@@ -61,9 +61,10 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from trainer.labels import TASKS
+
 logger = logging.getLogger(__name__)
 
-TASKS = ("binary", "multiclass", "multilabel")
 CLASS_METRICS = ("auc", "sensitivity", "specificity", "ppv", "npv", "f1")
 HEADLINE_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 # Below this many positives a class is still evaluated, but its note warns that the CI is wide.
