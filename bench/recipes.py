@@ -13,27 +13,12 @@ from pathlib import Path
 from bench.report import replace_section, with_ci
 from trainer import engine
 from trainer.config import load_config
+from trainer.nih import NIH_FINDINGS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 OUT = REPO / "runs" / "bench" / "recipes"
 RECIPES = ("chexnet-transfer", "efficientnet-nih14", "simple-cnn", "clahe-wb-transfer", "inceptionv3-nih15")
-NIH_FINDINGS = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-]
 PUBLISHED = {
     "chexnet-transfer": "accuracy 0.8761, sensitivity 0.8909, specificity 0.8621 (Shenzhen TB, 662 images)",
     "efficientnet-nih14": "mean AUC 0.8428 (full NIH, 112,120 images)",
@@ -66,7 +51,7 @@ def local_overrides(recipe: str, shared: Path = SHARED) -> list[str]:
         "efficientnet-nih14": [
             *nih,
             "data.task=multilabel",
-            f"data.label_columns={NIH_FINDINGS}",
+            f"data.label_columns={list(NIH_FINDINGS)}",
             "data.train_val_list=null",
             "data.test_list=null",
             lite0,

@@ -19,6 +19,16 @@ from tests.test_io import dicom_bytes
 from trainer.export import save_pretrained
 from trainer.modeling import create_classifier
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browser download does not work offline
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots to look at (git-ignored)
+
 SIZE = 64  # model input side: tiny models, fast CAMs
 LABELS = {
     "binary": ["abnormal"],
@@ -123,3 +133,19 @@ def serve(build: Callable[[], gr.Blocks], cache_dir: Path) -> Iterator[str]:
             os.environ.pop("GRADIO_EXAMPLES_CACHE", None)
         else:
             os.environ["GRADIO_EXAMPLES_CACHE"] = previous
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[object]:
+    """Headless Debian chromium driven by Playwright; skips the test when either is missing."""
+    import pytest
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

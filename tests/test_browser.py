@@ -13,32 +13,18 @@ import pytest
 
 from demo.gradio_ui import build_demo
 from demo.predictor import MODELS_DIR, Predictor
-from tests.conftest import REPO_ROOT, shared_path
-from tests.demo_support import save_tiny_model, serve, write_inputs
+from tests.conftest import shared_path
+from tests.demo_support import ARTIFACTS, chromium, save_tiny_model, serve, write_inputs
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 TIMEOUT_MS = 120_000  # a cold CPU model on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

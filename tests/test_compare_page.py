@@ -18,18 +18,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO_ROOT
-from tests.demo_support import free_port, save_tiny_model, write_inputs
+from tests.demo_support import ARTIFACTS, chromium, free_port, save_tiny_model, write_inputs
 
 PAGE = str(REPO_ROOT / "demo" / "compare.py")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 TIMEOUT_S = 120  # a cold start on a busy 2-core machine
 
 
@@ -212,39 +203,32 @@ def served(env: dict[str, Path]) -> Iterator[str]:
 
 @pytest.mark.browser
 def test_real_page_in_chromium(served: str) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.set_default_timeout(TIMEOUT_S * 1000)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(served, wait_until="load")
-            page.get_by_text("not a diagnostic device").wait_for()
-            page.get_by_role("button", name="Compare").click()
-            page.get_by_text("Summary").wait_for()
-            page.get_by_text("not an image").first.wait_for()
-            images = page.locator("[data-testid='stMain'] img")
-            page.wait_for_function(
-                "n => Array.from(document.querySelectorAll(\"[data-testid='stMain'] img\"))"
-                ".filter(img => img.complete && img.naturalWidth > 0).length >= n",
-                arg=6,
-            )
-            # Streamlit scrolls inside its main block, which a full-page screenshot does not unroll.
-            height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
-            page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 8000)})
-            page.wait_for_timeout(800)  # let the last images paint
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = ARTIFACTS / "compare-page.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"\nscreenshot: {shot}")
-            body = page.locator("body").inner_text()
-            assert "tiny-binary" in body and "tiny-classes" in body
-            assert "Download CSV" in body and "Download grid (PNG)" in body
-            assert images.count() >= 6 and "Traceback" not in body
-            assert not errors, f"JavaScript errors on the page: {errors}"
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.set_default_timeout(TIMEOUT_S * 1000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(served, wait_until="load")
+        page.get_by_text("not a diagnostic device").wait_for()
+        page.get_by_role("button", name="Compare").click()
+        page.get_by_text("Summary").wait_for()
+        page.get_by_text("not an image").first.wait_for()
+        images = page.locator("[data-testid='stMain'] img")
+        page.wait_for_function(
+            "n => Array.from(document.querySelectorAll(\"[data-testid='stMain'] img\"))"
+            ".filter(img => img.complete && img.naturalWidth > 0).length >= n",
+            arg=6,
+        )
+        # Streamlit scrolls inside its main block, which a full-page screenshot does not unroll.
+        height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+        page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 8000)})
+        page.wait_for_timeout(800)  # let the last images paint
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "compare-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\nscreenshot: {shot}")
+        body = page.locator("body").inner_text()
+        assert "tiny-binary" in body and "tiny-classes" in body
+        assert "Download CSV" in body and "Download grid (PNG)" in body
+        assert images.count() >= 6 and "Traceback" not in body
+        assert not errors, f"JavaScript errors on the page: {errors}"

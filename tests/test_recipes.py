@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.recipes import NIH_FINDINGS, RECIPES, local_overrides, offline_init
+from bench.recipes import RECIPES, local_overrides, offline_init
 from tests.conftest import REPO_ROOT, SHARED, shared_path
 from trainer import engine
 from trainer.config import load_config
+from trainer.nih import NIH_FINDINGS
 
 SMOKE = [
     "model.input_size=96",
