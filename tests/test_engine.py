@@ -302,3 +302,17 @@ def test_optimizers_and_schedules_step(tmp_path: Path) -> None:
             if schedule == "cosine":
                 assert lrs[2] > lrs[0] and lrs[-1] < 0.01  # warm-up, then decay to ~0
             assert np.isfinite(lrs).all()
+
+
+def test_schedule_counts_optimiser_updates_under_gradient_accumulation(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path,
+        _binary(tmp_path, 24),
+        "train.phases=[{epochs: 2, lr: 1.0e-3}]",
+        "train.grad_accum=2",
+        "train.batch_size=4",
+        "train.schedule=cosine",
+    )
+    history = pd.read_csv(engine.fit(cfg, progress=False) / "metrics.csv")
+    # half-way through a cosine schedule the factor is 0.5; counting micro-batches would have reached ~0
+    assert history["lr"].tolist() == pytest.approx([1e-3, 5e-4], rel=0.15)

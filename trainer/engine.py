@@ -161,7 +161,10 @@ def train_one_epoch(
             if max_grad_norm and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
-            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # The schedule counts optimiser updates, not micro-batches of gradient accumulation.
+            if accelerator.sync_gradients and not isinstance(
+                scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+            ):
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         batch = images.shape[0] * accelerator.num_processes
@@ -301,11 +304,10 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         freeze_backbone(model, phase.freeze_backbone)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, cfg.train, phase.lr)
-        steps = (
-            len(loaders["train"])
-            if cfg.train.max_steps_per_epoch is None
-            else min(len(loaders["train"]), cfg.train.max_steps_per_epoch)
-        )
+        # Each process sees its shard of the batches once the loader is prepared for several processes.
+        steps = math.ceil(len(loaders["train"]) / accelerator.num_processes)
+        if cfg.train.max_steps_per_epoch is not None:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
         scheduler = make_scheduler(
             optimizer, cfg.train, math.ceil(steps / cfg.train.grad_accum), phase.epochs
         )
@@ -403,7 +405,12 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
     if writer is not None:
         writer.close()
 
-    model.load_state_dict(load_file(str(run_dir / BEST_WEIGHTS)))
+    if (run_dir / BEST_WEIGHTS).is_file():
+        model.load_state_dict(load_file(str(run_dir / BEST_WEIGHTS)))
+    else:  # the monitored metric was never defined (e.g. a validation split with one class only)
+        log.warning(
+            "no epoch had a defined validation %s: keeping the last epoch's weights", cfg.train.monitor
+        )
     predictions = {}
     for split in ("val", "test"):
         prepared_model, loader = accelerator.prepare(model, loaders[split])
