@@ -92,6 +92,7 @@ def finish_run(
     from trainer.export import save_pretrained
 
     run_dir = cfg.run_dir
+    pipeline = Pipeline.from_list(cfg.preprocess)
     val = predictions["val"]
     thresholds = choose_thresholds(
         data.task,
@@ -135,7 +136,7 @@ def finish_run(
             "optimizer": cfg.train.optimizer,
             "schedule": cfg.train.schedule,
             "input_size": data.input_size,
-            "pipeline": Pipeline.from_list(cfg.preprocess).to_list(),
+            "pipeline": pipeline.to_list(),
             "augment": asdict(cfg.augment),
             "tta": cfg.eval.tta,
         },
@@ -159,7 +160,7 @@ def finish_run(
         task=data.task,
         label_names=data.label_names,
         negative_name=data.negative_name,
-        pipeline=Pipeline.from_list(cfg.preprocess),
+        pipeline=pipeline,
         thresholds=thresholds,
         head=cfg.model.head,
         input_size=data.input_size,
