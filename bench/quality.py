@@ -63,8 +63,9 @@ def fixed_split(cfg: RunConfig) -> Path:
     return path
 
 
-def run_chexlab(cfg: RunConfig, split: Path) -> Path:
-    cfg.name, cfg.data.split_file = "chexlab", str(split)
+def run_chexlab(cfg: RunConfig, split: Path, name: str = "chexlab") -> Path:
+    """Train `cfg` on the fixed split into <output_dir>/<name>, resuming an unfinished run."""
+    cfg.name, cfg.data.split_file = name, str(split)
     run = cfg.run_dir
     if not (run / "metrics.json").is_file():
         engine.fit(cfg, resume=(run / "checkpoint.pt").is_file(), progress=False)
