@@ -22,9 +22,15 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+# ImageNet statistics, what a user writes; "model" is what these tf_efficientnet weights were trained with,
+# for the diagnostic run of bench/ablations.py.
+NORMALISATION = {"imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), "model": ([0.5] * 3, [0.5] * 3)}
+
 
 class CsvImages(Dataset):
-    def __init__(self, frame: pd.DataFrame, root: Path, labels: list[str], task: str, train: bool) -> None:
+    def __init__(
+        self, frame: pd.DataFrame, root: Path, labels: list[str], task: str, train: bool, norm: str
+    ) -> None:
         self.paths = [root / p for p in frame["path"]]
         if task == "multiclass":  # one "label" column holding class names -> one-hot
             self.targets = (frame["label"].to_numpy()[:, None] == np.array(labels)[None]).astype(np.float32)
@@ -39,7 +45,7 @@ class CsvImages(Dataset):
             [
                 *steps,
                 transforms.ToTensor(),
-                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                transforms.Normalize(*NORMALISATION[norm]),
             ]
         )
 
@@ -92,13 +98,14 @@ def main() -> None:
     parser.add_argument("--task", choices=("binary", "multiclass", "multilabel"), required=True)
     parser.add_argument("--weights", required=True, help="ImageNet tf_efficientnet_lite0 safetensors")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--normalisation", choices=tuple(NORMALISATION), default="imagenet")
     args = parser.parse_args()
     torch.manual_seed(0)
     frame = pd.read_csv(args.split)
     parts = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
     loaders = {
         s: DataLoader(
-            CsvImages(f, Path(args.root), args.labels, args.task, s == "train"),
+            CsvImages(f, Path(args.root), args.labels, args.task, s == "train", args.normalisation),
             batch_size=32,
             shuffle=s == "train",
             num_workers=2,

@@ -72,33 +72,21 @@ def run_chexlab(cfg: RunConfig, split: Path, name: str = "chexlab") -> Path:
     return run
 
 
+def train_baseline(cfg: RunConfig, split: Path, out: Path, labels: list[str], *extra: str) -> None:
+    """Run bench/plain_baseline.py on the split unless `out` already has its predictions."""
+    if not (out / "test.csv").is_file():
+        command = [sys.executable, str(REPO / "bench" / "plain_baseline.py"), "--split", str(split)]
+        command += ["--root", cfg.data.root, "--task", cfg.data.task, "--out", str(out)]
+        command += ["--weights", cfg.model.init.removeprefix("file:"), *extra, "--labels", *labels]
+        subprocess.run(command, check=True, cwd=REPO)
+
+
 def run_baseline(cfg: RunConfig, split: Path) -> Path:
     """Train the plain script on the same split, then score it exactly as chexlab is scored."""
     out = OUT / cfg.name / "baseline"
     table = load_table(cfg.data)
     labels = table.label_names
-    weights = cfg.model.init.removeprefix("file:")
-    if not (out / "test.csv").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "bench" / "plain_baseline.py"),
-                "--split",
-                str(split),
-                "--root",
-                cfg.data.root,
-                "--task",
-                table.task,
-                "--weights",
-                weights,
-                "--out",
-                str(out),
-                "--labels",
-                *labels,
-            ],
-            check=True,
-            cwd=REPO,
-        )
+    train_baseline(cfg, split, out, labels)
     frame = pd.read_csv(split)
     targets = {}
     for part in ("val", "test"):
