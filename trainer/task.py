@@ -61,7 +61,7 @@ class Task(StrEnum):
         return self is Task.BINARY
 
     @property
-    def title(self) -> str:
+    def display_name(self) -> str:
         """The task in words: "binary", "multi-class" or "multi-label"."""
         return {Task.BINARY: "binary", Task.MULTICLASS: "multi-class", Task.MULTILABEL: "multi-label"}[self]
 
