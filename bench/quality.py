@@ -91,15 +91,12 @@ def run_baseline(cfg: RunConfig, split: Path) -> Path:
     targets = {}
     for part in ("val", "test"):
         rows = frame[frame["split"] == part]
-        if table.task == "multiclass":
+        if table.task.exclusive:  # split.csv's "label" column holds class names
             targets[part] = rows["label"].map({n: i for i, n in enumerate(labels)}).to_numpy()
-        elif table.task == "binary":
-            targets[part] = rows[labels[0]].to_numpy(dtype=float)
-        else:
+        else:  # one 0/1 column per label (binary: one)
             targets[part] = rows[labels].to_numpy(dtype=float)
+    # evaluate_predictions takes binary targets and probabilities as (N, 1) as well as (N,)
     probs = {part: pd.read_csv(out / f"{part}.csv")[labels].to_numpy() for part in ("val", "test")}
-    if table.task == "binary":
-        probs = {part: p[:, 0] for part, p in probs.items()}
     thresholds = choose_thresholds(table.task, targets["val"], probs["val"], method=cfg.eval.threshold)
     test_rows = frame[frame["split"] == "test"]
     metrics = evaluate_predictions(

@@ -2,9 +2,10 @@
 
 The card is one Jinja template (`model_card.md.j2`) filled from plain data only: the run folder's
 `config.yaml` (with its `card:` section, see `CardInfo`), `run.json`, `metrics.json` and, when present,
-`model/config.json`. Nothing here imports torch or the trainer, so a card can be rendered (and re-rendered
-before a push) anywhere. The YAML front matter is built with huggingface_hub's `ModelCardData` and
-`EvalResult`, so the Hub reads the licence, tags and every headline metric of both evaluation splits.
+`model/config.json`. Nothing here imports torch or the trainer beyond `trainer.task` (which needs neither),
+so a card can be rendered (and re-rendered before a push) anywhere. The YAML front matter is built with
+huggingface_hub's `ModelCardData` and `EvalResult`, so the Hub reads the licence, tags and every headline
+metric of both evaluation splits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from trainer.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ HEADLINE_METRICS = (
 # The Hub's metric types name sensitivity and PPV differently: say both in the results table.
 TABLE_NAMES = {"sensitivity": "Sensitivity (recall)", "ppv": "PPV (precision)"}
 SPLITS = (("test", "test", "Test"), ("val", "validation", "Validation"))  # (metrics.json, Hub, display)
-# How the headline numbers aggregate over classes, as trainer.metrics defines them.
-AVERAGING = {"binary": "", "multiclass": "macro", "multilabel": "mean"}
 # Below this many test images, the card says plainly that the intervals are wide.
 SMALL_TEST_SET = 1000
 # Anything shaped like a Hugging Face access token must never reach a card.
@@ -249,10 +250,11 @@ def _describe_op(step: Any) -> str:
 # The template's context
 
 
-def _task_words(task: str, labels: list[str], negative: str | None) -> str:
-    if task == "binary":
-        return f"binary classification: **{labels[0]}** vs **{negative or 'not ' + labels[0]}**"
-    if task == "multiclass":
+def _task_words(task: Task, labels: list[str], negative: str | None) -> str:
+    if task.single_logit:
+        positive, negative = task.output_names(labels, negative)
+        return f"binary classification: **{positive}** vs **{negative}**"
+    if task.exclusive:
         return f"multi-class classification into one of {len(labels)} classes: " + ", ".join(
             f"**{name}**" for name in labels
         )
@@ -267,7 +269,7 @@ def _eval_results(
         split = metrics.get(key)
         if not split:
             continue
-        average = AVERAGING.get(split["task"], "")
+        average = Task.parse(split["task"]).averaging
         for metric_key, metric_type, display in HEADLINE_METRICS:
             value = split["headline"].get(metric_key, {}).get("value")
             if value is None:  # undefined on this split (see the per-class notes); the Hub needs a number
@@ -331,8 +333,8 @@ def _confusion_table(split: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _operating_point(config: dict[str, Any], split: dict[str, Any]) -> str:
-    task = split["task"]
-    if task == "multiclass":
+    task = Task.parse(split["task"])
+    if task.exclusive:
         return "The predicted class is the one with the highest probability (argmax); there is no threshold."
     evaluation = config.get("eval") or {}
     method = evaluation.get("threshold", "youden")
@@ -346,7 +348,7 @@ def _operating_point(config: dict[str, Any], split: dict[str, Any]) -> str:
             "Youden's J on the validation split (the threshold that maximises sensitivity + specificity − 1)"
         )
     thresholds = split.get("thresholds") or []
-    if task == "binary" and thresholds:
+    if task.single_logit and thresholds:
         return (
             f"An image is called **{split['label_names'][0]}** when its probability is at least "
             f"**{_num(thresholds[0])}**, chosen by {how}. The test numbers use this threshold unchanged."
@@ -408,7 +410,7 @@ def _data_config(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def _limitations(
-    info: CardInfo, task: str, dataset_name: str, test: dict[str, Any] | None, data: dict[str, Any]
+    info: CardInfo, task: Task, dataset_name: str, test: dict[str, Any] | None, data: dict[str, Any]
 ) -> list[str]:
     confidence = f"{100 * ((test or {}).get('bootstrap') or {}).get('confidence', 0.95):g}"
     items = [
@@ -426,14 +428,13 @@ def _limitations(
     if n_test is not None and n_test < SMALL_TEST_SET:
         patients = (test or {}).get("n_patients")
         who = f" from {patients} patients" if patients else ""
-        rare = (
-            "" if task == "binary" else ", and per-class numbers of classes with few positives are unreliable"
-        )
+        rare = ", and per-class numbers of classes with few positives are unreliable"
+        rare = "" if task.single_logit else rare
         items.append(
             f"**Small data.** The test split holds only {n_test} images{who}: the {confidence} % intervals "
             f"are wide{rare}."
         )
-    if task == "multilabel":
+    if task.multi_label:
         items.append(
             "**Findings are not a diagnosis.** Each output is the probability of one radiological finding; "
             "the absence of a flagged finding does not mean a normal study."
@@ -455,7 +456,7 @@ def _context(run_dir: Path, repo_id: str | None) -> dict[str, Any]:
         raise CardError(f"{run_dir / 'metrics.json'} has neither a 'test' nor a 'val' evaluation")
     recipe = _require(run, "recipe", "run.json")
     data = run.get("dataset") or {}
-    task = reference["task"]
+    task = Task.parse(reference["task"])
     labels = list(reference["label_names"])
     negative = reference.get("negative_name")
 
@@ -477,7 +478,7 @@ def _context(run_dir: Path, repo_id: str | None) -> dict[str, Any]:
         license=info.license,
         library_name="timm",
         pipeline_tag="image-classification",
-        tags=[*BASE_TAGS, task, *info.tags],
+        tags=[*BASE_TAGS, task.value, *info.tags],
         datasets=info.datasets or None,
         base_model=base_model,
         metrics=[metric_type for _, metric_type, _ in HEADLINE_METRICS],
@@ -502,7 +503,7 @@ def _context(run_dir: Path, repo_id: str | None) -> dict[str, Any]:
         "task_words": _task_words(task, labels, negative),
         "labels": labels,
         "negative": negative,
-        "averaging": AVERAGING.get(task, ""),
+        "averaging": task.averaging,
         "source": f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder",
         "repo_id": repo_id,
         "arch": arch,
@@ -542,7 +543,7 @@ def _context(run_dir: Path, repo_id: str | None) -> dict[str, Any]:
         "confidence_pct": f"{100 * bootstrap.get('confidence', 0.95):g}",
         "bootstrap_n": bootstrap.get("n", "?"),
         "bootstrap_unit": bootstrap.get("unit", "patient"),
-        "per_class_rows": _per_class_rows(test) if test and task != "binary" else [],
+        "per_class_rows": _per_class_rows(test) if test and not task.single_logit else [],
         "confusion": _confusion_table(test) if test else None,
         "operating_point": _operating_point(config, reference),
         "plots": [name for name in PLOTS if (run_dir / "plots" / name).is_file()],

@@ -18,6 +18,7 @@ from tests.synthetic import radiograph
 from tests.test_io import dicom_bytes
 from trainer.export import save_pretrained
 from trainer.modeling import create_classifier
+from trainer.task import Task
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browser download does not work offline
 CHROMIUM_ARGS = [
@@ -31,32 +32,33 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screens
 
 SIZE = 64  # model input side: tiny models, fast CAMs
 LABELS = {
-    "binary": ["abnormal"],
-    "multiclass": ["normal", "bacterial", "viral"],
-    "multilabel": ["opacity", "effusion"],
+    Task.BINARY: ["abnormal"],
+    Task.MULTICLASS: ["normal", "bacterial", "viral"],
+    Task.MULTILABEL: ["opacity", "effusion"],
 }
-THRESHOLDS = {"binary": [0.5], "multiclass": [], "multilabel": [0.3, 0.6]}
+THRESHOLDS = {Task.BINARY: [0.5], Task.MULTICLASS: [], Task.MULTILABEL: [0.3, 0.6]}
 
 
 def save_tiny_model(
     folder: Path,
     *,
     arch: str = "test_efficientnet",
-    task: str = "binary",
+    task: Task | str = Task.BINARY,
     pipeline: Sequence[dict | str] = (),
     thresholds: Sequence[float] | None = None,
     seed: int = 0,
 ) -> Path:
     """A random-weight chexlab model folder (config.json + model.safetensors) at a SIZE-pixel input."""
+    task = Task.parse(task)
     torch.manual_seed(seed)
     labels = LABELS[task]
-    model = create_classifier(arch, 1 if task == "binary" else len(labels))
+    model = create_classifier(arch, task.num_outputs(len(labels)))
     return save_pretrained(
         model.eval(),
         folder,
         task=task,
         label_names=labels,
-        negative_name="normal" if task == "binary" else None,
+        negative_name="normal" if task.single_logit else None,
         pipeline=list(pipeline),
         thresholds=list(THRESHOLDS[task] if thresholds is None else thresholds),
         input_size=SIZE,

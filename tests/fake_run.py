@@ -18,11 +18,12 @@ from hub_cards import CardInfo
 from trainer.config import PhaseConfig, load_config, save_config
 from trainer.metrics import evaluate_predictions
 from trainer.modeling import HeadConfig
+from trainer.task import Task
 
 LABELS = {
-    "binary": ["pneumonia"],
-    "multiclass": ["normal", "bacterial_pneumonia", "viral_pneumonia"],
-    "multilabel": ["Atelectasis", "Effusion", "Pneumonia", "Hernia"],
+    Task.BINARY: ["pneumonia"],
+    Task.MULTICLASS: ["normal", "bacterial_pneumonia", "viral_pneumonia"],
+    Task.MULTILABEL: ["Atelectasis", "Effusion", "Pneumonia", "Hernia"],
 }
 PIPELINE = [{"op": "clahe", "clip_limit": 2.0}, {"op": "crop_lungs"}]
 CARD = {
@@ -42,14 +43,14 @@ CARD = {
 }
 
 
-def _predictions(task: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _predictions(task: Task, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Targets and informative but imperfect probabilities."""
     n_labels = len(LABELS[task])
-    if task == "binary":
+    if task.single_logit:
         y = rng.integers(0, 2, n)
         p = 1 / (1 + np.exp(-(2.0 * y - 1 + rng.normal(0, 1.2, n))))
         return y, p
-    if task == "multiclass":
+    if task.exclusive:
         y = rng.integers(0, n_labels, n)
         logits = rng.normal(0, 1.0, (n, n_labels))
         logits[np.arange(n), y] += 1.5
@@ -61,11 +62,12 @@ def _predictions(task: str, n: int, rng: np.random.Generator) -> tuple[np.ndarra
     return y, p
 
 
-def fake_metrics(task: str, n: int, seed: int) -> dict[str, Any]:
+def fake_metrics(task: Task | str, n: int, seed: int) -> dict[str, Any]:
+    task = Task.parse(task)
     rng = np.random.default_rng(seed)
     y, p = _predictions(task, n, rng)
     patients = [f"p{i // 2}" for i in range(n)]  # two images per patient
-    thresholds = None if task == "multiclass" else [0.4] * len(LABELS[task])
+    thresholds = None if task.exclusive else [0.4] * len(LABELS[task])
     return evaluate_predictions(task, LABELS[task], y, p, patients, thresholds, n_bootstrap=100, seed=seed)
 
 
@@ -78,7 +80,7 @@ def write_png(path: Path, size: tuple[int, int] = (40, 30)) -> None:
 def make_run_folder(
     run_dir: Path,
     *,
-    task: str = "binary",
+    task: Task | str = Task.BINARY,
     arch: str = "test_efficientnet",
     head: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,

@@ -20,6 +20,7 @@ from trainer import engine
 from trainer.checkpoint import load_checkpoint
 from trainer.config import load_config
 from trainer.export import export_run, load_model
+from trainer.task import Task
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model.arch=chexlab_simple_cnn", "model.input_size=64", "data.num_workers=0", "eval.n_bootstrap=100"]
@@ -146,10 +147,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         "train.batch_size=8",
         "train.max_steps_per_epoch=2",
     )
-    real_build_loss = engine.build_loss
+    real_loss = Task.loss
 
-    def poisoned(*args, **kwargs):
-        loss = real_build_loss(*args, **kwargs)
+    def poisoned(self, *args, **kwargs):
+        loss = real_loss(self, *args, **kwargs)
         calls = {"n": 0}
         original = loss.forward
 
@@ -163,7 +164,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         loss.forward = forward
         return loss
 
-    monkeypatch.setattr(engine, "build_loss", poisoned)
+    monkeypatch.setattr(Task, "loss", poisoned)
     with pytest.raises(engine.TrainingDiverged, match=r"epoch 2, batch 2 \(images: line \d+: images/"):
         engine.fit(cfg, progress=False)
     assert load_checkpoint(cfg.run_dir)["state"]["epoch"] == 1

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.labels import LabelTable
+from trainer.task import Task
 
 
 def write_png(path: Path, seed: int = 0, size: tuple[int, int] = (40, 32)) -> Path:
@@ -41,16 +42,17 @@ def multiclass_csv(root: Path, n: int = 12) -> Path:
     return write_csv(root / "labels.csv", ["path", "patient_id", "label"], rows)
 
 
-def synthetic_table(task: str, n_patients: int, seed: int, classes: int = 3) -> LabelTable:
+def synthetic_table(task: Task | str, n_patients: int, seed: int, classes: int = 3) -> LabelTable:
     """A random table (no files needed) with 1-4 images per patient, shuffled rows."""
+    task = Task.parse(task)
     rng = np.random.default_rng(seed)
     patients, targets = [], []
     for p in range(n_patients):
         images = int(rng.integers(1, 5))
-        if task == "multiclass":
+        if task.exclusive:
             label = int(rng.choice(classes, p=np.linspace(3, 1, classes) / np.linspace(3, 1, classes).sum()))
             rows = [label] * images
-        elif task == "binary":
+        elif task.single_logit:
             rows = [float(rng.random() < 0.3)] * images
         else:
             rows = [
@@ -66,7 +68,7 @@ def synthetic_table(task: str, n_patients: int, seed: int, classes: int = 3) -> 
         paths=[Path(f"/data/img{i}.png") for i in range(len(patients))],
         patient_ids=[patients[i] for i in order],
         targets=targets_array,
-        label_names=names[:1] if task == "binary" else names,
+        label_names=names[:1] if task.single_logit else names,
         task=task,
         root=Path("/data"),
     )

@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader
 from trainer import run_data
 from trainer.checkpoint import atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
-from trainer.losses import build_loss, probabilities
 from trainer.metrics import evaluate_predictions
 from trainer.modeling import create_classifier, freeze_backbone
 from trainer.reporting import Predictions, finish_run
+from trainer.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,6 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _target_dtype(task: str) -> torch.dtype:
-    return torch.long if task == "multiclass" else torch.float32
-
-
 def _score(metrics: dict[str, float | None], monitor: str) -> float | None:
     """Higher is better for every monitored quantity (the loss is negated)."""
     value = metrics.get("loss" if monitor == "loss" else monitor)
@@ -122,7 +118,7 @@ def train_one_epoch(
     scheduler: Any,
     accelerator: Accelerator,
     *,
-    task: str,
+    task: Task,
     epoch: int,
     max_steps: int | None,
     max_grad_norm: float | None,
@@ -150,7 +146,7 @@ def train_one_epoch(
             break
         with accelerator.accumulate(model):
             logits = model(images)
-            loss = loss_fn(logits.float(), targets.to(_target_dtype(task)))
+            loss = loss_fn(logits.float(), targets.to(task.target_dtype))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
@@ -180,15 +176,15 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_loader(
-    model: nn.Module, loader: DataLoader, accelerator: Accelerator, *, task: str, tta: bool = False
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, *, task: Task, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities, targets and split positions of every item of `loader`, gathered from all processes."""
     model.eval()
     all_probs, all_targets, all_indices = [], [], []
     for images, targets, indices in loader:
-        probs = probabilities(model(images).float(), task)
+        probs = task.probabilities(model(images).float())
         if tta:
-            probs = (probs + probabilities(model(_zoom(images, 0.92)).float(), task)) / 2
+            probs = (probs + task.probabilities(model(_zoom(images, 0.92)).float())) / 2
         probs, targets, indices = accelerator.gather_for_metrics((probs, targets, indices))
         all_probs.append(probs.cpu().numpy())
         all_targets.append(targets.cpu().numpy())
@@ -206,22 +202,19 @@ def _zoom(images: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 def validation_metrics(
-    task: str, label_names: list[str], targets: np.ndarray, probs: np.ndarray
+    task: Task, label_names: list[str], targets: np.ndarray, probs: np.ndarray
 ) -> dict[str, float | None]:
     """AUC and accuracy at default decisions (0.5 / argmax), without CIs: cheap enough for every epoch."""
     headline = evaluate_predictions(task, label_names, targets, probs, None, None, n_bootstrap=0)["headline"]
     return {"auc": headline["auc"]["value"], "accuracy": headline["accuracy"]["value"]}
 
 
-def validation_loss(loss_fn: nn.Module, task: str, probs: np.ndarray, targets: np.ndarray) -> float:
+def validation_loss(loss_fn: nn.Module, task: Task, probs: np.ndarray, targets: np.ndarray) -> float:
     """The loss on gathered validation probabilities (logits recovered from probabilities)."""
     eps = 1e-6
-    p = torch.from_numpy(np.clip(probs, eps, 1 - eps)).float()
-    logits = p.log() if task == "multiclass" else torch.logit(p)
-    if task == "binary":
-        logits = logits[:, None]
+    logits = task.logits_from_probabilities(torch.from_numpy(np.clip(probs, eps, 1 - eps)).float())
     with torch.no_grad():
-        return float(loss_fn.cpu()(logits, torch.from_numpy(targets).to(_target_dtype(task))))
+        return float(loss_fn.cpu()(logits, torch.from_numpy(targets).to(task.target_dtype)))
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -275,8 +268,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         new_head=cfg.model.new_head,
     )
     loaders = run_data.loaders(cfg, data, model)
-    loss_fn = build_loss(
-        data.task,
+    loss_fn = data.task.loss(
         data.targets("train"),
         data.num_outputs,
         class_weights=cfg.train.class_weights,

@@ -41,12 +41,12 @@ def align_labels(table: LabelTable, info: ModelInfo) -> LabelTable:
             f"{info.label_names}; evaluate on data with the model's labels"
         )
     order = [table.label_names.index(name) for name in info.label_names]
-    if table.task == "multiclass":
+    if table.task.exclusive:
         remap = np.argsort(order)  # dataset class index -> model class index
         targets = remap[table.targets]
-    elif table.task == "multilabel":
+    elif table.task.multi_label:
         targets = table.targets[:, order]
-    else:
+    else:  # binary: one label
         targets = table.targets
     return replace(table, targets=targets, label_names=list(info.label_names))
 

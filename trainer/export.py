@@ -16,7 +16,6 @@ with.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,10 +28,10 @@ from timm.models import save_for_hf
 from torch import nn
 
 from trainer import __version__
-from trainer.labels import TASKS
 from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, ModelSourceError, read_model_folder
 from trainer.modeling import HeadConfig, head_config, model_data_config, model_from_folder, saved_label_names
 from trainer.preprocess import Pipeline, PreprocessError
+from trainer.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class ModelInfo:
 
     source: str  # as given to load_model (with the revision, if any)
     arch: str  # timm architecture name
-    task: str  # "binary" | "multiclass" | "multilabel"
+    task: Task
     label_names: list[str]  # output order; binary: [positive_name]
     negative_name: str | None  # binary only
     pipeline: Pipeline  # preprocessing before the letterbox and normalisation
@@ -61,25 +60,6 @@ class ModelInfo:
     training_data: dict[str, Any] = field(default_factory=dict)  # dataset summary (name, sizes, label counts)
     chexlab_version: str | None = None  # the chexlab that saved it
     config: dict[str, Any] = field(default_factory=dict)  # the raw config.json
-
-
-def _check_outputs(task: str, label_names: list[str], thresholds: list[float], num_classes: int) -> None:
-    """The label, threshold and output counts a task implies (see trainer.metrics)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task '{task}'; valid: {', '.join(TASKS)}")
-    expected_outputs = 1 if task == "binary" else len(label_names)
-    if task == "binary" and len(label_names) != 1:
-        raise ValueError(f"a binary model has one label name, its positive class; got {label_names}")
-    if num_classes != expected_outputs:
-        raise ValueError(
-            f"a {task} model with labels {label_names} needs {expected_outputs} outputs, not {num_classes}"
-        )
-    expected_thresholds = 0 if task == "multiclass" else len(label_names)
-    if len(thresholds) != expected_thresholds or not all(math.isfinite(t) for t in thresholds):
-        raise ValueError(
-            f"a {task} model with {len(label_names)} labels needs {expected_thresholds} finite thresholds "
-            f"({'argmax decides' if task == 'multiclass' else 'one per output'}); got {thresholds}"
-        )
 
 
 def _input_size(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
@@ -97,7 +77,7 @@ def save_pretrained(
     model: nn.Module,
     out_dir: str | Path,
     *,
-    task: str,
+    task: Task | str,
     label_names: list[str],
     pipeline: Pipeline | list[Any],
     thresholds: list[float],
@@ -113,7 +93,7 @@ def save_pretrained(
     Args:
         model: a classifier from `trainer.modeling.create_classifier` (any timm model with a matching head).
         out_dir: the folder to write (created; existing config.json/model.safetensors are replaced).
-        task: "binary", "multiclass" or "multilabel".
+        task: a Task or its name.
         label_names: output names in order; binary: [positive_name].
         pipeline: the preprocessing pipeline the model was trained with (a Pipeline or its JSON list).
         thresholds: decision thresholds (binary: 1, multilabel: one per finding, multiclass: []).
@@ -131,9 +111,10 @@ def save_pretrained(
         ValueError: inconsistent labels, thresholds, head or dtype, or weights that do not fit in float16.
     """
     out_dir = Path(out_dir)
+    task = Task.parse(task)
     label_names = [str(name) for name in label_names]
     thresholds = [float(t) for t in thresholds]
-    _check_outputs(task, label_names, thresholds, int(model.num_classes))
+    task.check_outputs(label_names, int(model.num_classes), thresholds)
     model_head = head_config(model)
     if head is not None:
         given = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
@@ -151,8 +132,8 @@ def save_pretrained(
     data_config["crop_pct"] = 1.0
     training_data = {k: v for k, v in (data_summary or {}).items() if k not in LOCAL_KEYS}
     chexlab_block = {
-        "task": task,
-        "negative_name": negative_name if task == "binary" else None,
+        "task": task.value,
+        "negative_name": negative_name if task.single_logit else None,
         "head": model_head.to_dict(),
         "preprocessing": pipeline.to_list(),
         "thresholds": thresholds,
@@ -273,12 +254,12 @@ def load_model(
 
 
 def _model_info(source: str, config: dict[str, Any], block: dict[str, Any]) -> ModelInfo:
-    task = block["task"]
+    task = Task.parse(block["task"])
     labels = saved_label_names(config)
     if labels is None:
         raise ValueError("no label_names")
     thresholds = [float(t) for t in block.get("thresholds") or []]
-    _check_outputs(task, labels, thresholds, int(config["num_classes"]))
+    task.check_outputs(labels, int(config["num_classes"]), thresholds)
     pretrained = config.get("pretrained_cfg", {})
     data_config = {
         "input_size": tuple(pretrained["input_size"]),

@@ -136,7 +136,7 @@ def check_reload(folder: Path) -> None:
     except ModelLoadError as err:
         raise PushError(f"the model folder does not load, so it was not pushed: {err}") from err
     logits = model(torch.zeros(2, *info.data_config["input_size"]))
-    outputs = 1 if info.task == "binary" else len(info.label_names)
+    outputs = info.task.num_outputs(len(info.label_names))
     if tuple(logits.shape) != (2, outputs):
         raise PushError(f"the reloaded model gives logits of shape {tuple(logits.shape)}, not (2, {outputs})")
     if not torch.isfinite(logits).all():

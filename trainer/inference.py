@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.losses import probabilities
 from trainer.preprocess import Pipeline
+from trainer.task import Task
 from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
 
 
@@ -37,42 +37,33 @@ def prepare_input(pixels: np.ndarray, pipeline: Pipeline, spec: InputSpec) -> Mo
 
 
 @torch.no_grad()
-def predict_tensors(model: nn.Module, tensors: torch.Tensor, task: str) -> np.ndarray:
+def predict_tensors(model: nn.Module, tensors: torch.Tensor, task: Task | str) -> np.ndarray:
     """Probabilities for a batch (N, 3, S, S): (N,) for binary, (N, C) otherwise."""
     model.eval()
-    return probabilities(model(tensors).float(), task).cpu().numpy()
+    return Task.parse(task).probabilities(model(tensors).float()).cpu().numpy()
 
 
-def output_names(task: str, label_names: list[str], negative_name: str | None) -> list[str]:
-    """The class names a user sees: a binary model's one logit stands for two classes."""
-    if task == "binary":
-        return [label_names[0], negative_name or f"not {label_names[0]}"]
-    return list(label_names)
+# Kept for demo/predictor.py until it calls the `Task` methods these delegate to.
+
+
+def output_names(task: Task | str, label_names: list[str], negative_name: str | None) -> list[str]:
+    """The class names a user sees (`Task.output_names`)."""
+    return Task.parse(task).output_names(label_names, negative_name)
 
 
 def class_probabilities(
-    probs: np.ndarray, task: str, label_names: list[str], negative_name: str | None
+    probs: np.ndarray, task: Task | str, label_names: list[str], negative_name: str | None
 ) -> dict[str, float]:
-    """One image's probabilities by name (see `output_names`)."""
-    flat = [float(p) for p in np.asarray(probs).reshape(-1)]
-    if task == "binary":
-        flat = [flat[0], 1.0 - flat[0]]
-    return dict(zip(output_names(task, label_names, negative_name), flat, strict=True))
+    """One image's probabilities by name (`Task.class_probabilities`)."""
+    return Task.parse(task).class_probabilities(probs, label_names, negative_name)
 
 
 def decide(
-    probs: np.ndarray, task: str, label_names: list[str], thresholds: list[float], negative_name: str | None
+    probs: np.ndarray,
+    task: Task | str,
+    label_names: list[str],
+    thresholds: list[float],
+    negative_name: str | None,
 ) -> list[str]:
-    """The labels a model asserts for one image, at its stored thresholds (argmax for multi-class).
-
-    A binary model yields its positive or its negative name; a multi-label model yields every finding at or
-    above its threshold (an empty list means none).
-    """
-    flat = np.asarray(probs, dtype=np.float64).reshape(-1)
-    if task == "multiclass":
-        return [label_names[int(flat.argmax())]]
-    cuts = thresholds or [0.5] * len(flat)
-    if task == "binary":
-        positive, negative = output_names(task, label_names, negative_name)
-        return [positive if flat[0] >= cuts[0] else negative]
-    return [name for name, p, t in zip(label_names, flat, cuts, strict=True) if p >= t]
+    """The labels a model asserts for one image at its thresholds (`Task.decide`)."""
+    return Task.parse(task).decide(probs, label_names, thresholds, negative_name)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.labels import TASKS, DataError, LabelTable, did_you_mean, loose_key, problem_report
+from trainer.labels import DataError, LabelTable, did_you_mean, loose_key, problem_report
+from trainer.task import Task
 
 __all__ = ["IMAGE_SUFFIXES", "read_csv_labels", "read_folder_labels"]
 
@@ -194,7 +195,7 @@ def _parse_binary_cell(cell: str) -> float | None:
 def read_folder_labels(
     root: str | os.PathLike,
     *,
-    task: str | None = None,
+    task: Task | str | None = None,
     positive: str | None = None,
     patient_pattern: str | None = None,
 ) -> LabelTable:
@@ -213,10 +214,10 @@ def read_folder_labels(
     root_path = absolute_path(root)
     if not root_path.is_dir():
         raise DataError(f"data folder not found: {root_path}")
-    task = task or ("binary" if positive is not None else "multiclass")
-    if task not in ("binary", "multiclass"):
+    task = Task.parse(task) if task else Task.BINARY if positive is not None else Task.MULTICLASS
+    if task.multi_label:
         raise DataError(
-            f"folder labels give binary or multiclass tasks, not {task!r}; use a CSV for multilabel"
+            f"folder labels give binary or multiclass tasks, not {task.value}; use a CSV for multilabel"
         )
     classes = sorted(p.name for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
@@ -255,7 +256,7 @@ def read_folder_labels(
     negative_name = None
     targets = np.asarray(labels)
     label_names = classes
-    if task == "binary":
+    if task.single_logit:
         if len(classes) != 2 or positive not in classes:
             raise DataError(
                 f"{root_path}: a binary task needs exactly two class folders and positive= naming one of "
@@ -310,7 +311,7 @@ def read_csv_labels(
     patient_column: str | None = _DEFAULT_PATIENT_COLUMN,
     label_column: str | None = None,
     label_columns: Sequence[str] | None = None,
-    task: str | None = None,
+    task: Task | str | None = None,
     positive: str | Sequence[str] | None = None,
     negative: str | Sequence[str] | None = None,
 ) -> LabelTable:
@@ -328,7 +329,7 @@ def read_csv_labels(
             image its own patient, with a warning because follow-ups may then leak across splits.
         label_column: one label per image (multiclass, or binary with positive/negative).
         label_columns: one 0/1 column per finding (multilabel); blank cells mean unknown (NaN).
-        task: "binary", "multiclass" or "multilabel"; inferred when None.
+        task: a Task or its name; inferred when None.
         positive: binary: the value(s) of ``label_column`` that mean positive (the rest are negative).
         negative: binary: the value(s) that mean negative (the rest are positive), e.g. "normal".
 
@@ -339,8 +340,7 @@ def read_csv_labels(
     csv_file = absolute_path(csv_path)
     root_path = absolute_path(root) if root is not None else csv_file.parent
     header, rows = read_csv_rows(csv_file)
-    if task is not None and task not in TASKS:
-        raise DataError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    task = Task.parse(task) if task is not None else None
     if label_column is not None and label_columns is not None:
         raise DataError(
             "pass label_column (one label per image) or label_columns (one 0/1 column per finding)"
@@ -367,17 +367,17 @@ def read_csv_labels(
         value_cols = [single] if single else [h for h in header if h not in (path_col, patient_col)]
         if not value_cols:
             raise DataError(f"{csv_file}: no label columns besides {path_col!r} and {patient_col!r}")
-    single_label = label_columns is None and len(value_cols) == 1 and task != "multilabel"
+    single_label = label_columns is None and len(value_cols) == 1 and task is not Task.MULTILABEL
     if task is None:
         zero_one = {row[value_cols[0]] for _, row in rows} - {""} <= {"0", "1"}
         binary = positive is not None or negative is not None or zero_one
-        task = "multilabel" if not single_label else "binary" if binary else "multiclass"
-    if task == "binary" and not single_label:
+        task = Task.MULTILABEL if not single_label else Task.BINARY if binary else Task.MULTICLASS
+    if task.single_logit and not single_label:
         raise DataError(
             f"{csv_file}: a binary task takes one label column, got {value_cols}; for normal/abnormal from "
             "findings read them as multilabel and call derive_binary()"
         )
-    if task != "binary" and (positive is not None or negative is not None):
+    if not task.single_logit and (positive is not None or negative is not None):
         raise DataError("positive=/negative= only apply to a binary task")
 
     alternative = csv_file.parent if csv_file.parent != root_path else None
@@ -394,7 +394,7 @@ def read_csv_labels(
         patient_ids = [row[patient_col] for _, row in rows]
 
     negative_name = None
-    if task == "multilabel":
+    if task.multi_label:
         targets = np.empty((len(rows), len(value_cols)), dtype=np.float32)
         for r, (line, row) in enumerate(rows):
             for c, col in enumerate(value_cols):
@@ -419,7 +419,7 @@ def read_csv_labels(
             if not v
         ]
         advice = "Every image needs a label here; for unknowns use one 0/1 column per finding (multilabel)."
-        if task == "multiclass":
+        if task.exclusive:
             present = {v for v in values if v}
             # Numeric class labels sort as numbers, so "10" comes after "9".
             label_names = sorted(present, key=int) if all(v.isdigit() for v in present) else sorted(present)

@@ -4,8 +4,8 @@ A :class:`LabelTable` comes from a label source - :func:`trainer.label_readers.r
 :func:`trainer.label_readers.read_csv_labels` or :func:`trainer.nih.read_nih_labels` - and can then be
 narrowed (:func:`select_findings`) or turned into normal-versus-abnormal labels (:func:`derive_binary`).
 
-Targets follow the task kinds used everywhere in chexlab: ``binary`` (N,) float32 in {0, 1};
-``multiclass`` (N,) int64 class indices; ``multilabel`` (N, C) float32 0/1 with NaN = unknown.
+Targets follow the task kinds used everywhere in chexlab (:class:`trainer.task.Task`): binary (N,) float32 in
+{0, 1}; multiclass (N,) int64 class indices; multilabel (N, C) float32 0/1 with NaN = unknown.
 
 Every problem with labels or image files raises :class:`DataError`, whose message lists all the problems found
 (see :func:`problem_report`).
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.task import Task
+
 __all__ = ["TASKS", "DataError", "LabelTable", "derive_binary", "select_findings"]
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = tuple(Task)  # the task names; kept for the modules that have not moved to `Task` yet
 MAX_LISTED_PROBLEMS = 50
 
 
@@ -64,7 +66,7 @@ class LabelTable:
         targets: per task, see the module docstring.
         label_names: binary: ``[positive class]``; multiclass: class names (index = target);
             multilabel: finding names (column = target column).
-        task: "binary", "multiclass" or "multilabel".
+        task: the task kind (a Task or its name).
         root: the data root; paths are written relative to it in split.csv.
         line_numbers: source line of each row (CSV line, header = line 1), None for folder tables.
         official_split: "trainval"/"test" per row from official lists (NIH), else None.
@@ -76,7 +78,7 @@ class LabelTable:
     patient_ids: list[str]
     targets: np.ndarray
     label_names: list[str]
-    task: str
+    task: Task
     root: Path
     line_numbers: list[int] | None = None
     official_split: list[str] | None = None
@@ -84,24 +86,13 @@ class LabelTable:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        self.task = Task.parse(self.task)
         self.paths = [Path(p) for p in self.paths]
         self.patient_ids = [str(p) for p in self.patient_ids]
         self.label_names = list(self.label_names)
         self.root = Path(self.root)
         n = len(self.paths)
-        dtype = np.int64 if self.task == "multiclass" else np.float32
-        self.targets = np.asarray(self.targets, dtype=dtype)
-        expected_shape = (n, len(self.label_names)) if self.task == "multilabel" else (n,)
-        if self.targets.shape != expected_shape:
-            raise ValueError(
-                f"{self.task} targets must have shape {expected_shape}, got {self.targets.shape}"
-            )
-        if self.task == "binary" and len(self.label_names) != 1:
-            raise ValueError(
-                f"a binary table has one label name (the positive class), got {self.label_names}"
-            )
+        self.targets = self.task.target_array(self.targets, n, self.label_names)
         for name, values in (
             ("patient_ids", self.patient_ids),
             ("line_numbers", self.line_numbers),
@@ -120,7 +111,7 @@ class LabelTable:
     @property
     def num_outputs(self) -> int:
         """Number of model outputs (logits) this task needs."""
-        return 1 if self.task == "binary" else len(self.label_names)
+        return self.task.num_outputs(len(self.label_names))
 
     def relpath(self, index: int) -> str:
         """The image path relative to the root, with forward slashes (may start with '..')."""
@@ -152,10 +143,10 @@ class LabelTable:
 
     def label_counts(self) -> dict[str, int]:
         """Images per class (binary, multiclass) or known positives per finding (multilabel)."""
-        if self.task == "binary":
+        if self.task.single_logit:
             positives = int(np.sum(self.targets == 1))
             return {self.negative_name or "negative": len(self) - positives, self.label_names[0]: positives}
-        if self.task == "multiclass":
+        if self.task.exclusive:
             counts = np.bincount(self.targets, minlength=len(self.label_names))
             return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
         return {
@@ -186,7 +177,7 @@ def derive_binary(
     Raises:
         DataError: the table is not multilabel or has no columns to decide from.
     """
-    if table.task != "multilabel":
+    if not table.task.multi_label:
         raise DataError(
             f"derive_binary needs a multilabel table, got {table.task}; for a single label column use "
             "read_csv_labels(..., positive=...) or negative=..."
@@ -232,7 +223,7 @@ def derive_binary(
         raise DataError(f"{table.source}: no image could be labelled normal or abnormal")
     kept = table.subset(keep)
     return replace(
-        kept, targets=result[keep], label_names=[positive_name], task="binary", negative_name=negative_name
+        kept, targets=result[keep], label_names=[positive_name], task=Task.BINARY, negative_name=negative_name
     )
 
 
@@ -250,7 +241,7 @@ def select_findings(
     Raises:
         DataError: not multilabel, an unknown name (with suggestions), or no finding left.
     """
-    if table.task != "multilabel":
+    if not table.task.multi_label:
         raise DataError(f"select_findings needs a multilabel table, got {table.task}")
     by_key = {loose_key(n): i for i, n in enumerate(table.label_names)}
     if names is None:

@@ -1,6 +1,7 @@
 """Classification metrics with patient-level bootstrap confidence intervals, and threshold selection.
 
-Task kinds and the shapes this module expects (the same everywhere in chexlab):
+Task kinds (:class:`trainer.task.Task`, or their names) and the shapes this module expects (the same
+everywhere in chexlab):
 
 - ``"binary"``: one logit; ``probs`` (N,) or (N, 1) = P(positive); ``targets`` (N,) in {0, 1}.
 - ``"multiclass"``: softmax over C classes; ``probs`` (N, C); ``targets`` (N,) integer class indices.
@@ -61,7 +62,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from trainer.labels import TASKS
+from trainer.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -75,44 +76,9 @@ _MAX_CHUNK_CELLS = 4_000_000
 _PROB_TOLERANCE = 1e-5
 
 
-def _prepare(task: str, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate inputs and bring them to the internal shapes.
-
-    Returns:
-        Binary and multilabel: targets (N, C) float with NaN = unknown and probs (N, C), C = 1 for binary.
-        Multiclass: targets (N,) int and probs (N, C).
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    y = np.asarray(targets, dtype=float)
-    p = np.asarray(probs, dtype=float)
-    if task == "binary":
-        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-        p = p.reshape(-1) if p.ndim == 2 and p.shape[1] == 1 else p
-        if y.ndim != 1 or p.shape != y.shape:
-            raise ValueError(
-                f"binary task needs targets (N,) and probs (N,) or (N, 1); got {y.shape} and {p.shape}"
-            )
-        if not np.isin(y, (0.0, 1.0)).all():
-            raise ValueError("binary targets must be 0 or 1 (use task 'multilabel' for unknown labels)")
-        y, p = y[:, None], p[:, None]
-    elif task == "multiclass":
-        if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"multiclass task needs targets (N,) and probs (N, C); got {y.shape} and {p.shape}"
-            )
-        if not (
-            np.isfinite(y).all() and (y == np.round(y)).all() and (y >= 0).all() and (y < p.shape[1]).all()
-        ):
-            raise ValueError(f"multiclass targets must be class indices in 0..{p.shape[1] - 1}")
-        y = y.astype(np.int64)
-    else:
-        if y.ndim != 2 or p.shape != y.shape:
-            raise ValueError(
-                f"multilabel task needs targets and probs of one shape (N, C); got {y.shape} and {p.shape}"
-            )
-        if not np.isin(y[~np.isnan(y)], (0.0, 1.0)).all():
-            raise ValueError("multilabel targets must be 0, 1 or NaN (unknown)")
+def _prepare(task: Task, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate inputs and bring them to the internal shapes (see `Task.prediction_arrays`)."""
+    y, p = task.prediction_arrays(targets, probs)
     if len(y) == 0:
         raise ValueError("no predictions to evaluate")
     if not np.isfinite(p).all():
@@ -124,11 +90,11 @@ def _prepare(task: str, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarra
     return y, np.clip(p, 0.0, 1.0)
 
 
-def one_vs_rest(task: str, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+def one_vs_rest(task: Task | str, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate predictions and return them as one column per class (what ROC plots need).
 
     Args:
-        task: "binary", "multiclass" or "multilabel".
+        task: a Task or its name.
         targets: targets in the task's shape.
         probs: probabilities in the task's shape.
 
@@ -136,14 +102,13 @@ def one_vs_rest(task: str, targets: Any, probs: Any) -> tuple[np.ndarray, np.nda
         Targets (N, C) float 0/1 with NaN = unknown (multiclass indices become one-hot columns; binary has
         C = 1) and probabilities (N, C).
     """
+    task = Task.parse(task)
     y, p = _prepare(task, targets, probs)
-    if task == "multiclass":
-        y = np.eye(p.shape[1])[y]
-    return y, p
+    return task.indicators(y, p.shape[1]), p
 
 
 def choose_thresholds(
-    task: str,
+    task: Task | str,
     targets: Any,
     probs: Any,
     method: Literal["youden", "sensitivity"] = "youden",
@@ -152,7 +117,7 @@ def choose_thresholds(
     """Pick decision thresholds on validation data.
 
     Args:
-        task: "binary", "multiclass" or "multilabel".
+        task: a Task or its name.
         targets: validation targets in the task's shape (NaN = unknown for multilabel).
         probs: validation probabilities in the task's shape.
         method: "youden" maximises sensitivity + specificity - 1 over the ROC thresholds; "sensitivity"
@@ -167,8 +132,9 @@ def choose_thresholds(
         raise ValueError(f"unknown threshold method {method!r}; valid: youden, sensitivity")
     if not 0.0 < target_sensitivity <= 1.0:
         raise ValueError(f"target_sensitivity must be in (0, 1]; got {target_sensitivity}")
+    task = Task.parse(task)
     y, p = _prepare(task, targets, probs)
-    if task == "multiclass":
+    if task.exclusive:
         return []
     return [_threshold(y[:, c], p[:, c], method, target_sensitivity, c) for c in range(p.shape[1])]
 
@@ -207,13 +173,13 @@ def _rates(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> di
         }
 
 
-def _headline(task: str, per: dict[str, np.ndarray], evaluable: np.ndarray) -> dict[str, np.ndarray]:
+def _headline(task: Task, per: dict[str, np.ndarray], evaluable: np.ndarray) -> dict[str, np.ndarray]:
     """Headline metrics (B,) from per-class metrics (B, C); NaN where a needed class value is undefined."""
-    if task == "binary":
+    if task.single_logit:
         return {name: per[name][:, 0] for name in HEADLINE_METRICS}
     head = {}
     for name in HEADLINE_METRICS:
-        if name == "accuracy" and task == "multiclass":
+        if name == "accuracy" and task.exclusive:
             head[name] = per["overall_accuracy"]
             continue
         values = per[name][:, evaluable]
@@ -260,7 +226,7 @@ class _Evaluator:
 
     def __init__(
         self,
-        task: str,
+        task: Task,
         y: np.ndarray,
         p: np.ndarray,
         thresholds: np.ndarray,
@@ -269,7 +235,7 @@ class _Evaluator:
         evaluable: np.ndarray,
     ) -> None:
         self.task, self.evaluable, self.n_columns = task, evaluable, p.shape[1]
-        if task == "multiclass":
+        if task.exclusive:
             n_cells = self.n_columns**2
             cells = y * self.n_columns + p.argmax(axis=1)
             self.cells = np.bincount(groups * n_cells + cells, minlength=n_patients * n_cells)
@@ -292,7 +258,7 @@ class _Evaluator:
         """Per-class metrics (B, C) plus "counts", and headline metrics (B,), for draw counts (B, P)."""
         table = counts @ self.cells
         n = len(counts)
-        if self.task == "multiclass":
+        if self.task.exclusive:
             confusion = table.reshape(n, self.n_columns, self.n_columns)
             tp = np.diagonal(confusion, axis1=1, axis2=2)
             fp = confusion.sum(axis=1) - tp
@@ -339,7 +305,7 @@ def _interval(point: float, samples: np.ndarray, confidence: float) -> tuple[dic
 
 
 def _class_note(
-    task: str, n_pos: int, n_neg: int, n_unknown: int, min_count: int, ppv: float, npv: float
+    task: Task, n_pos: int, n_neg: int, n_unknown: int, min_count: int, ppv: float, npv: float
 ) -> str | None:
     """Why a class's numbers are missing or fragile, in words for the model card; None when all is well."""
     n_known = n_pos + n_neg
@@ -361,7 +327,7 @@ def _class_note(
         )
     elif n_pos < FEW_POSITIVES:
         notes.append(f"only {n_pos} positive labels: wide confidence intervals")
-    decision = "the argmax prediction" if task == "multiclass" else "predicted positive"
+    decision = "the argmax prediction" if task.exclusive else "predicted positive"
     if not np.isfinite(ppv):
         notes.append(f"never {decision}: PPV undefined")
     if not np.isfinite(npv):
@@ -372,7 +338,7 @@ def _class_note(
 
 
 def evaluate_predictions(
-    task: str,
+    task: Task | str,
     label_names: Sequence[str],
     targets: Any,
     probs: Any,
@@ -388,7 +354,7 @@ def evaluate_predictions(
     """Evaluate predictions: point metrics, patient-level bootstrap CIs and confusion matrices.
 
     Args:
-        task: "binary", "multiclass" or "multilabel".
+        task: a Task or its name.
         label_names: the positive class name for binary, else one name per class / finding.
         targets: targets in the task's shape (see the module docstring).
         probs: probabilities in the task's shape.
@@ -406,11 +372,12 @@ def evaluate_predictions(
     Returns:
         A JSON-serialisable dict in the schema of the module docstring.
     """
+    task = Task.parse(task)
     y, p = _prepare(task, targets, probs)
     names = [str(name) for name in label_names]
     n_images, n_columns = p.shape
     if len(names) != n_columns:
-        expected = "one name, the positive class," if task == "binary" else f"{n_columns} names"
+        expected = "one name, the positive class," if task.single_logit else f"{n_columns} names"
         raise ValueError(f"{task} predictions need {expected} in label_names; got {len(names)}: {names}")
     if len(set(names)) != len(names):
         raise ValueError(f"label_names must be unique; got {names}")
@@ -420,7 +387,7 @@ def evaluate_predictions(
             f"got {n_bootstrap}, {min_count}, {confidence}"
         )
 
-    if task == "multiclass":
+    if task.exclusive:
         if thresholds:
             raise ValueError("multiclass decisions are the argmax: pass thresholds=[] or None")
         used_thresholds: list[float] = []
@@ -441,7 +408,7 @@ def evaluate_predictions(
         groups, unit = np.unique(ids, return_inverse=True)[1], "patient"
     n_patients = int(groups.max()) + 1
 
-    if task == "multiclass":
+    if task.exclusive:
         n_pos = np.bincount(y, minlength=n_columns)
         n_neg = n_images - n_pos
         n_unknown = np.zeros(n_columns, dtype=int)
@@ -484,17 +451,17 @@ def evaluate_predictions(
         per_class[label], used_per[label] = entry, used
 
     matrices = per["counts"][0].round().astype(int).tolist()
-    if task == "binary":
+    if task.single_logit:
         confusion = {"labels": [negative_name, names[0]], "matrix": matrices[0]}
-    elif task == "multiclass":
+    elif task.exclusive:
         confusion = {"labels": names, "matrix": matrices}
     else:
         confusion = {"labels": names, "per_class": dict(zip(names, matrices, strict=True))}
 
     return {
-        "task": task,
+        "task": task.value,
         "label_names": names,
-        "negative_name": negative_name if task == "binary" else None,
+        "negative_name": negative_name if task.single_logit else None,
         "n_images": int(n_images),
         "n_patients": n_patients,
         "thresholds": used_thresholds,

@@ -21,6 +21,7 @@ from trainer.label_readers import (
     read_csv_rows,
 )
 from trainer.labels import DataError, LabelTable, did_you_mean, loose_key, problem_report
+from trainer.task import Task
 
 __all__ = ["NIH_FINDINGS", "read_nih_labels"]
 
@@ -183,7 +184,7 @@ def read_nih_labels(
         patient_ids=patient_ids,
         targets=targets[keep],
         label_names=chosen,
-        task="multilabel",
+        task=Task.MULTILABEL,
         root=root_path,
         line_numbers=lines,
         official_split=official,

@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from trainer.metrics import one_vs_rest
+from trainer.task import Task
 
 DPI = 120
 # More curves than this and the ROC legend moves beside the axes.
@@ -51,7 +52,7 @@ def _line_style(rank: int) -> dict[str, Any]:
 
 
 def plot_roc(
-    task: str,
+    task: Task | str,
     label_names: Sequence[str],
     targets: Any,
     probs: Any,
@@ -67,7 +68,7 @@ def plot_roc(
     (binary/multilabel) and always for multiclass.
 
     Args:
-        task: "binary", "multiclass" or "multilabel".
+        task: a Task or its name.
         label_names: the positive class for binary, else one name per class / finding.
         targets: targets in the task's shape (NaN = unknown for multilabel).
         probs: probabilities in the task's shape.
@@ -78,13 +79,14 @@ def plot_roc(
     Returns:
         The path written.
     """
+    task = Task.parse(task)
     y, p = one_vs_rest(task, targets, probs)
     names = [str(name) for name in label_names]
     if len(names) != p.shape[1]:
         raise ValueError(f"{len(names)} label names for {p.shape[1]} probability columns")
-    if thresholds is not None and task != "multiclass" and len(thresholds) != p.shape[1]:
+    if thresholds is not None and not task.exclusive and len(thresholds) != p.shape[1]:
         raise ValueError(f"{len(thresholds)} thresholds for {p.shape[1]} probability columns")
-    decisions = np.eye(p.shape[1], dtype=bool)[p.argmax(axis=1)] if task == "multiclass" else None
+    decisions = np.eye(p.shape[1], dtype=bool)[p.argmax(axis=1)] if task.exclusive else None
 
     curves, skipped = [], []
     for c, name in enumerate(names):
@@ -109,12 +111,12 @@ def plot_roc(
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC 0.50)")
     for rank, (auc, name, fpr, tpr, point) in enumerate(curves):
-        label = f"AUC {auc:.3f}" if task == "binary" else f"{name} ({auc:.3f})"
+        label = f"AUC {auc:.3f}" if task.single_logit else f"{name} ({auc:.3f})"
         style = _line_style(rank)
         ax.plot(fpr, tpr, linewidth=1.8, label=label, **style)
         if point is not None:
             ax.plot(*point, marker="o", markersize=7, color=style["color"], markeredgecolor="black", zorder=3)
-            if task == "binary":
+            if task.single_logit and thresholds is not None:
                 ax.annotate(
                     f"threshold {thresholds[0]:.3g}\nsens {point[1]:.2f}, spec {1 - point[0]:.2f}",
                     xy=point,
@@ -125,7 +127,7 @@ def plot_roc(
                 )
     handles, labels = ax.get_legend_handles_labels()
     if any(curve[4] is not None for curve in curves):
-        point_label = "argmax decision" if task == "multiclass" else "operating point"
+        point_label = "argmax decision" if task.exclusive else "operating point"
         handles.append(
             Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black", markersize=7)
         )
@@ -133,7 +135,7 @@ def plot_roc(
     if skipped:
         handles.append(Line2D([], [], linestyle=""))
         labels.append(textwrap.fill("skipped (one class only): " + ", ".join(skipped), width=40))
-    legend_title = "AUC" if task == "binary" else "class (AUC)" if task == "multiclass" else "finding (AUC)"
+    legend_title = "AUC" if task.single_logit else f"{task.member} (AUC)"
     if many:
         ax.legend(
             handles, labels, title=legend_title, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9
@@ -146,7 +148,7 @@ def plot_roc(
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.grid(alpha=0.3)
-    default_title = "ROC curve" if task == "binary" else "ROC curves (one vs rest)"
+    default_title = "ROC curve" if task.single_logit else "ROC curves (one vs rest)"
     ax.set_title(title or default_title, fontsize=12)
     return _save(fig, out_png)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from trainer.export import load_model
-from trainer.inference import class_probabilities, decide, output_names, predict_tensors, prepare_input
+from trainer.inference import predict_tensors, prepare_input
 from trainer.io import XRayReadError, load_xray
 from trainer.transforms import InputSpec
 
@@ -71,7 +71,7 @@ def predict_to_csv(
     model, info = load_model(model_source, revision=revision)
     spec = InputSpec.from_data_config(info.data_config)
     paths = collect_inputs(inputs)
-    names = output_names(info.task, info.label_names, info.negative_name)
+    names = info.task.output_names(info.label_names, info.negative_name)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
@@ -92,8 +92,8 @@ def predict_to_csv(
                 continue
             probs = predict_tensors(model, torch.stack(tensors), info.task)
             for (path, warnings), p in zip(ready, probs, strict=True):
-                by_name = class_probabilities(p, info.task, info.label_names, info.negative_name)
-                decision = decide(p, info.task, info.label_names, info.thresholds, info.negative_name)
+                by_name = info.task.class_probabilities(p, info.label_names, info.negative_name)
+                decision = info.task.decide(p, info.label_names, info.thresholds, info.negative_name)
                 writer.writerow(
                     [
                         str(path),

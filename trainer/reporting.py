@@ -68,11 +68,11 @@ def write_predictions(path: Path, data: RunData, pred: Predictions) -> None:
     names = data.label_names
     probs = pred.probs.reshape(len(pred.probs), -1)
     targets = pred.targets.reshape(len(pred.targets), -1)
-    if data.task == "multilabel":
+    if data.task.multi_label:
         for i, name in enumerate(names):
             frame[f"target_{name}"] = targets[:, i]
     else:
-        frame["target"] = [names[int(t)] if data.task == "multiclass" else int(t) for t in targets[:, 0]]
+        frame["target"] = [names[int(t)] if data.task.exclusive else int(t) for t in targets[:, 0]]
     for i, name in enumerate(names):
         frame[f"prob_{name}"] = probs[:, i]
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

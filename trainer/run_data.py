@@ -23,6 +23,7 @@ from trainer.modeling import model_data_config
 from trainer.nih import read_nih_labels
 from trainer.preprocess import Pipeline
 from trainer.splits import patient_split, read_split, write_split
+from trainer.task import Task
 from trainer.transforms import InputSpec, TrainAugment
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,11 @@ def _under_root(root: Path, name: str | None) -> Path | None:
 def load_table(cfg: DataConfig) -> LabelTable:
     """Read the labels that `cfg` describes and shape them into its task."""
     root = Path(cfg.root)
-    needs_multilabel = cfg.task == "multilabel" or cfg.normal_label is not None
+    task = Task.parse(cfg.task)
+    # A binary task derived from a normal column reads the findings first.
+    read_as = Task.MULTILABEL if cfg.normal_label is not None else task
     if cfg.format == "folder":
-        table = read_folder_labels(root, task=cfg.task, positive=cfg.positive)
+        table = read_folder_labels(root, task=task, positive=cfg.positive)
     elif cfg.format == "nih":
         table = read_nih_labels(
             _under_root(root, cfg.labels or "Data_Entry_2017.csv"),
@@ -62,16 +65,16 @@ def load_table(cfg: DataConfig) -> LabelTable:
             patient_column=cfg.patient_column,
             label_column=cfg.label_column,
             label_columns=cfg.label_columns,
-            task="multilabel" if needs_multilabel else cfg.task,
+            task=read_as,
             positive=cfg.positive,
         )
     if cfg.normal_label is not None:
-        if cfg.task != "binary":
+        if task is not Task.BINARY:
             raise ValueError("data.normal_label derives a binary task: set data.task: binary")
         return derive_binary(table, cfg.normal_label, cfg.positive_name, cfg.negative_name)
-    if table.task == "multilabel" and (cfg.findings or cfg.min_positives):
+    if table.task.multi_label and (cfg.findings or cfg.min_positives):
         table = select_findings(table, cfg.findings, min_positives=cfg.min_positives)
-    if table.task != cfg.task:
+    if table.task is not task:
         raise ValueError(f"the labels describe a {table.task} task but data.task is {cfg.task}")
     return table
 
@@ -100,7 +103,7 @@ class RunData:
     input_size: int | None = None
 
     @property
-    def task(self) -> str:
+    def task(self) -> Task:
         return self.table.task
 
     @property

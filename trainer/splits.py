@@ -31,9 +31,9 @@ def _patient_groups(table: LabelTable) -> dict[str, list[int]]:
 
 def _strata(table: LabelTable, groups: dict[str, list[int]]) -> dict[str, str]:
     """One stratum key per patient (see patient_split)."""
-    if table.task == "binary":
+    if table.task.single_logit:
         return {pid: str(int(np.any(table.targets[rows] == 1))) for pid, rows in groups.items()}
-    if table.task == "multiclass":
+    if table.task.exclusive:
         patient_freq = Counter(c for rows in groups.values() for c in set(table.targets[rows].tolist()))
         keys = {}
         for pid, rows in groups.items():
@@ -145,14 +145,13 @@ def patient_split(table: LabelTable, *, val: float = 0.15, test: float = 0.15, s
 
 
 def _label_header(table: LabelTable) -> list[str]:
-    if table.task == "multilabel":
-        return list(table.label_names)
-    return [table.label_names[0]] if table.task == "binary" else ["label"]
+    """One "label" column of class names for an exclusive task, else one 0/1 column per label name."""
+    return ["label"] if table.task.exclusive else list(table.label_names)
 
 
 def _label_cells(table: LabelTable, index: int) -> list[str]:
     target = table.targets[index]
-    if table.task == "multiclass":
+    if table.task.exclusive:
         return [table.label_names[int(target)]]
     values = np.atleast_1d(target)
     return ["" if np.isnan(v) else str(int(v)) for v in values]

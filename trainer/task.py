@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from trainer.errors import ChexlabError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that model cards can use Task without it
+    import torch
+    from torch import nn
 
 
 class TaskError(ChexlabError, ValueError):
@@ -59,6 +63,14 @@ class Task(StrEnum):
     def single_logit(self) -> bool:
         """Whether the model has one output standing for two classes (positive and negative)."""
         return self is Task.BINARY
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each output is a finding of its own: an image may have none, one or several.
+
+        Only multi-label targets may be unknown (NaN); they are masked finding by finding.
+        """
+        return self is Task.MULTILABEL
 
     @property
     def display_name(self) -> str:
@@ -108,10 +120,107 @@ class Task(StrEnum):
                 f"({rule}); got {list(thresholds)}"
             )
 
+    # ---------------------------------------------------------------------------------------- targets
+
     @property
     def target_dtype(self) -> torch.dtype:
         """The dtype of training targets: class indices for multi-class, floats (0/1, NaN) otherwise."""
+        import torch
+
         return torch.long if self.exclusive else torch.float32
+
+    def target_array(self, targets: Any, num_images: int, label_names: Sequence[str]) -> np.ndarray:
+        """The targets of `num_images` images in this task's layout (see the module docstring).
+
+        Raises:
+            TaskError: a binary task without exactly one label name, or targets of the wrong shape.
+        """
+        if self.single_logit and len(label_names) != 1:
+            raise TaskError(
+                f"a binary table has one label name (the positive class), got {list(label_names)}"
+            )
+        array = np.asarray(targets, dtype=np.int64 if self.exclusive else np.float32)
+        expected = (num_images, len(label_names)) if self.multi_label else (num_images,)
+        if array.shape != expected:
+            raise TaskError(f"{self.value} targets must have shape {expected}, got {array.shape}")
+        return array
+
+    def prediction_arrays(self, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Check targets and probabilities against this task's shapes and bring them to one layout.
+
+        Returns:
+            Binary and multi-label: targets (N, C) float with NaN = unknown and probs (N, C), C = 1 for
+            binary. Multi-class: targets (N,) int64 class indices and probs (N, C).
+
+        Raises:
+            TaskError: shapes that do not fit the task, or target values outside its range.
+        """
+        y = np.asarray(targets, dtype=float)
+        p = np.asarray(probs, dtype=float)
+        if self.single_logit:
+            y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+            p = p.reshape(-1) if p.ndim == 2 and p.shape[1] == 1 else p
+            if y.ndim != 1 or p.shape != y.shape:
+                raise TaskError(
+                    f"binary task needs targets (N,) and probs (N,) or (N, 1); got {y.shape} and {p.shape}"
+                )
+            if not np.isin(y, (0.0, 1.0)).all():
+                raise TaskError("binary targets must be 0 or 1 (use task 'multilabel' for unknown labels)")
+            return y[:, None], p[:, None]
+        if self.exclusive:
+            if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0]:
+                raise TaskError(
+                    f"multiclass task needs targets (N,) and probs (N, C); got {y.shape} and {p.shape}"
+                )
+            in_range = (y >= 0) & (y < p.shape[1])
+            if not (np.isfinite(y).all() and (y == np.round(y)).all() and in_range.all()):
+                raise TaskError(f"multiclass targets must be class indices in 0..{p.shape[1] - 1}")
+            return y.astype(np.int64), p
+        if y.ndim != 2 or p.shape != y.shape:
+            raise TaskError(
+                f"multilabel task needs targets and probs of one shape (N, C); got {y.shape} and {p.shape}"
+            )
+        if not np.isin(y[~np.isnan(y)], (0.0, 1.0)).all():
+            raise TaskError("multilabel targets must be 0, 1 or NaN (unknown)")
+        return y, p
+
+    def indicators(self, targets: np.ndarray, num_columns: int) -> np.ndarray:
+        """One 0/1 column per output (NaN = unknown) from `prediction_arrays` targets: class indices become
+        one-hot columns, the others are already in that form."""
+        return np.eye(num_columns)[targets] if self.exclusive else targets
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def loss(
+        self, train_targets: np.ndarray, num_outputs: int, *, class_weights: bool, pos_weight: bool
+    ) -> nn.Module:
+        """The training loss for this task, optionally re-weighted from the training labels.
+
+        Args:
+            train_targets: the training split's targets (class indices, or 0/1 with NaN for unknown).
+            num_outputs: the model's outputs.
+            class_weights: multi-class only: weight each class by its inverse frequency.
+            pos_weight: binary / multi-label only: weight positives by negatives / positives.
+        """
+        from torch import nn
+
+        from trainer import losses
+
+        if self.exclusive:
+            weight = losses.inverse_frequency(train_targets, num_outputs) if class_weights else None
+            return nn.CrossEntropyLoss(weight=weight)
+        positive = losses.positive_weight(train_targets) if pos_weight else None
+        if self.single_logit:
+            return losses.BinaryLoss(positive[0] if positive is not None else None)
+        return losses.MaskedBCELoss(positive)
+
+    def logits_from_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C) that give back `probs` from `probabilities` (for softmax, up to a constant per row).
+
+        Lets a loss be computed from gathered probabilities.
+        """
+        logits = probs.log() if self.exclusive else probs.logit()
+        return logits[:, None] if self.single_logit else logits
 
     # ---------------------------------------------------------------------------------------- outputs
 
