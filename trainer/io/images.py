@@ -1,10 +1,4 @@
-"""Read a radiograph from any common file into display-ready float32 pixels in [0, 1].
-
-`load_xray` takes a path, bytes or a binary file object holding a DICOM (handled by `trainer.dicom`), PNG
-(8- or 16-bit), JPEG, TIFF (8- or 16-bit) or BMP file, and returns an `XRay` whose pixels are bright where
-the body is dense (bone), as the image is meant to be displayed. Outside DICOM (whose window or VOI LUT is
-applied) intensities are divided by the largest value the bit depth allows, never clipped: 16-bit data keeps
-all its levels.
+"""PNG (8- or 16-bit), JPEG, TIFF (8- or 16-bit) and BMP radiographs to float32 pixels in [0, 1], via Pillow.
 
 16-bit PNG: divided by 65535, unless an sBIT chunk declares n < 16 significant bits *and* no value exceeds
 2**n - 1. Such a file holds n-bit data stored unscaled (common for 12-bit medical exports), so it is divided
@@ -16,136 +10,18 @@ from __future__ import annotations
 
 import codecs
 import io
-import os
 import struct
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 60_000_000
-"""Default limit on height * width, checked from the header before any pixel data is decoded."""
+from trainer.io.xray import DICOM_SUFFIXES, SUPPORTED_FORMATS, XRay, XRayReadError, luma, too_large_error
 
-SUPPORTED_FORMATS = "DICOM, PNG, JPEG, TIFF, BMP"
-DICOM_SUFFIXES = (".dcm", ".dicom")
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff", "BMP": "bmp"}
-# ITU-R BT.601 luma, the weights Pillow's own "L" conversion uses.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
-class XRayReadError(ValueError):
-    """The input cannot be read as a radiograph; the message says what is wrong and what to do."""
-
-
-class XRayWarning(UserWarning):
-    """A lossy or notable but valid conversion while reading (colour to gray, inversion, first frame only)."""
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a single bool
-class XRay:
-    """A radiograph ready for preprocessing.
-
-    Attributes:
-        pixels: float32 (H, W) in [0, 1]; bright = dense (bone), as displayed.
-        source_format: "png", "jpeg", "tiff", "bmp" or "dicom".
-        original_size: (height, width) as read, after EXIF orientation and before any preprocessing.
-        bit_depth: bits per sample actually used (1, 8, 12, 15, 16, ...).
-        photometric: DICOM photometric interpretation, or the Pillow mode ("L", "I;16", "RGB", "P", ...).
-        window: the intensity window or VOI LUT applied, None if the values were only divided by the range.
-        warnings: lossy or notable conversions made while reading.
-        header: a safe DICOM summary (modality, view position, size, ...) without patient identifiers;
-            {} for other formats.
-    """
-
-    pixels: np.ndarray
-    source_format: str
-    original_size: tuple[int, int]
-    bit_depth: int
-    photometric: str
-    window: str | None
-    warnings: tuple[str, ...]
-    header: dict[str, str]
-
-
-def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> XRay:
-    """Read a radiograph (DICOM, PNG, JPEG, TIFF or BMP) into float32 pixels in [0, 1].
-
-    The format is recognised from the content; a `.dcm` name only makes a DICOM without the standard
-    preamble acceptable. Every conversion worth knowing about is listed in `XRay.warnings` and also emitted
-    as an `XRayWarning`.
-
-    Args:
-        source: a file path, the file's bytes, or a binary file object (e.g. an upload).
-        max_pixels: largest height * width accepted, checked before the pixel data is decoded.
-
-    Returns:
-        The image with its format, size, bit depth and (for DICOM) a header summary free of identifiers.
-
-    Raises:
-        XRayReadError: the input is missing, empty, truncated, corrupt, too large or not a supported image.
-    """
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
-    data, name = _read_source(source)
-    label = repr(name) if name else "the input"
-    if not data:
-        hint = "seek(0) if it was read before" if hasattr(source, "read") else "check the file or the export"
-        raise XRayReadError(f"cannot read {label}: it is empty (0 bytes); {hint}")
-    # Imported here, not at the top: trainer.dicom imports this module for XRay and XRayReadError.
-    from trainer import dicom
-
-    dataset = dicom.parse(data, suffix=Path(name).suffix.lower(), label=label)
-    if dataset is not None:
-        xray = dicom.to_xray(dataset, max_pixels=max_pixels, label=label)
-    else:
-        xray = _read_image(data, name, label, max_pixels)
-    for message in xray.warnings:
-        warnings.warn(message, XRayWarning, stacklevel=2)
-    return xray
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """Gray (ITU-R BT.601 luma) of an (H, W, 3+) array, in the input's units; extra channels are ignored."""
-    return rgb[..., :3].astype(np.float64) @ _LUMA
-
-
-def too_large_error(label: str, height: int, width: int, max_pixels: int) -> XRayReadError:
-    """The error for an image over the pixel limit (shared by the DICOM reader)."""
-    return XRayReadError(
-        f"cannot read {label}: the image is {height}x{width} (height x width) = {height * width / 1e6:.1f} "
-        f"megapixels, over the limit of {max_pixels / 1e6:.1f} megapixels; downsample it first, or pass a "
-        "larger max_pixels if the memory is there"
-    )
-
-
-def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, str]:
-    """The raw bytes and a file name ("" when unknown)."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source), ""
-    if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        try:
-            return path.read_bytes(), path.name
-        except FileNotFoundError:
-            raise XRayReadError(f"cannot read {str(path)!r}: no such file; check the path") from None
-        except IsADirectoryError:
-            raise XRayReadError(f"cannot read {str(path)!r}: it is a directory, not an image file") from None
-        except OSError as exc:
-            raise XRayReadError(f"cannot read {str(path)!r}: {exc.strerror}; check its permissions") from exc
-    if not hasattr(source, "read"):
-        raise TypeError(f"source must be a path, bytes or a binary file object, not {type(source).__name__}")
-    data = source.read()
-    name = Path(str(getattr(source, "name", ""))).name
-    if isinstance(data, str):
-        what = repr(name) if name else "the input"
-        raise XRayReadError(f"cannot read {what}: the file object is in text mode; open the file with 'rb'")
-    return bytes(data), name
-
-
-def _read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
+def read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
     """Decode PNG, JPEG, TIFF or BMP with Pillow (OpenCV for 16-bit colour, which Pillow cuts to 8 bits)."""
     try:
         image = Image.open(io.BytesIO(data))

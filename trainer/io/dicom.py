@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from trainer.io import DICOM_SUFFIXES, XRay, XRayReadError, luma, too_large_error
+from trainer.io.xray import DICOM_SUFFIXES, XRay, XRayReadError, luma, too_large_error
 
 logger = logging.getLogger(__name__)
 

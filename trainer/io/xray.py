@@ -1,0 +1,63 @@
+"""The radiograph type every reader returns, the errors and warnings of reading, and the shared limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_PIXELS = 60_000_000
+"""Default limit on height * width, checked from the header before any pixel data is decoded."""
+
+SUPPORTED_FORMATS = "DICOM, PNG, JPEG, TIFF, BMP"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+# ITU-R BT.601 luma, the weights Pillow's own "L" conversion uses.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+class XRayReadError(ValueError):
+    """The input cannot be read as a radiograph; the message says what is wrong and what to do."""
+
+
+class XRayWarning(UserWarning):
+    """A lossy or notable but valid conversion while reading (colour to gray, inversion, first frame only)."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a single bool
+class XRay:
+    """A radiograph ready for preprocessing.
+
+    Attributes:
+        pixels: float32 (H, W) in [0, 1]; bright = dense (bone), as displayed.
+        source_format: "png", "jpeg", "tiff", "bmp" or "dicom".
+        original_size: (height, width) as read, after EXIF orientation and before any preprocessing.
+        bit_depth: bits per sample actually used (1, 8, 12, 15, 16, ...).
+        photometric: DICOM photometric interpretation, or the Pillow mode ("L", "I;16", "RGB", "P", ...).
+        window: the intensity window or VOI LUT applied, None if the values were only divided by the range.
+        warnings: lossy or notable conversions made while reading.
+        header: a safe DICOM summary (modality, view position, size, ...) without patient identifiers;
+            {} for other formats.
+    """
+
+    pixels: np.ndarray
+    source_format: str
+    original_size: tuple[int, int]
+    bit_depth: int
+    photometric: str
+    window: str | None
+    warnings: tuple[str, ...]
+    header: dict[str, str]
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Gray (ITU-R BT.601 luma) of an (H, W, 3+) array, in the input's units; extra channels are ignored."""
+    return rgb[..., :3].astype(np.float64) @ _LUMA
+
+
+def too_large_error(label: str, height: int, width: int, max_pixels: int) -> XRayReadError:
+    """The error for an image over the pixel limit (shared by the DICOM reader)."""
+    return XRayReadError(
+        f"cannot read {label}: the image is {height}x{width} (height x width) = {height * width / 1e6:.1f} "
+        f"megapixels, over the limit of {max_pixels / 1e6:.1f} megapixels; downsample it first, or pass a "
+        "larger max_pixels if the memory is there"
+    )
