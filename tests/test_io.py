@@ -8,6 +8,7 @@ import struct
 import tracemalloc
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -16,11 +17,12 @@ import pytest
 import tifffile
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 
 from tests.conftest import shared_path
 from trainer.io import MAX_PIXELS, XRay, XRayReadError, XRayWarning, load_xray
@@ -316,6 +318,82 @@ def test_dicom_truncated_file_is_reported(keep: float) -> None:
     data = dicom_bytes(ramp((32, 32), 4095))
     with pytest.raises(XRayReadError, match="truncated"):
         load_xray(data[: int(len(data) * keep)])
+
+
+def test_dicom_image_without_pixel_data_is_not_called_truncated() -> None:
+    """A complete header-only export is not a truncated file (issue 12)."""
+    header_only = dicom_dataset(ramp((4, 4), 4095))
+    del header_only.PixelData
+    for data in (save(header_only), dicom_bytes(None)):
+        with pytest.raises(XRayReadError, match="describes an image but holds no pixel data") as caught:
+            load_xray(data)
+        assert "probably truncated" not in str(caught.value)
+
+
+def test_dicom_cut_inside_an_element_is_truncated_and_between_elements_is_not_claimed() -> None:
+    data = dicom_bytes(ramp((32, 32), 4095))
+    pixel_tag = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data, little endian
+    for cut in (pixel_tag + 3, pixel_tag + 20, pixel_tag - 1, 400):  # in a tag, in a value, before both
+        with pytest.raises(XRayReadError, match="ends in the middle of a data element, so it is truncated"):
+            load_xray(data[:cut])
+    with pytest.raises(XRayReadError, match="or a copy cut short between two elements"):
+        load_xray(data[:pixel_tag])
+
+
+def test_dicom_with_zero_padding_after_the_pixel_data_still_reads() -> None:
+    pixels = ramp((8, 8), 4095)
+    for padding in (b"\x00" * 3, b"\x00" * 2048):
+        np.testing.assert_allclose(load_xray(dicom_bytes(pixels) + padding).pixels, pixels / 4095, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ({"BitsStored": 0}, r"Bits Stored \(0\) is invalid: it must be from 1 to Bits Allocated \(16\)"),
+        ({"BitsStored": 17}, r"Bits Stored \(17\) is invalid"),
+        ({"BitsAllocated": 12}, r"Bits Allocated \(12\) is invalid: it must be 1 or a multiple of 8"),
+    ],
+)
+def test_dicom_invalid_bit_depth_names_the_header_value_not_decoder_plugins(
+    tags: dict[str, int], message: str
+) -> None:
+    with pytest.raises(XRayReadError, match=message) as caught:
+        load_xray(dicom_bytes(ramp((8, 8), 4095), **tags))
+    assert "pylibjpeg" not in str(caught.value)
+
+
+def test_dicom_decoder_plugins_are_suggested_for_compressed_data_only() -> None:
+    short = dicom_dataset(ramp((8, 8), 4095))
+    short.PixelData = short.PixelData[:64]  # a complete element, but half the pixels
+    with pytest.raises(XRayReadError, match=r"\(Explicit VR Little Endian\) is truncated, corrupt") as caught:
+        load_xray(save(short))
+    assert "pylibjpeg" not in str(caught.value)
+    garbage = dicom_dataset(ramp((16, 20), 4095))
+    garbage.file_meta.TransferSyntaxUID = JPEGLSLossless
+    garbage.PixelData = encapsulate([b"\x13\x37" * 50])  # not a JPEG-LS stream (or no decoder installed)
+    with pytest.raises(XRayReadError, match=r"(?s)\(JPEG-LS Lossless Image Compression\).*pylibjpeg plugins"):
+        load_xray(save(garbage))
+
+
+@pytest.mark.filterwarnings("ignore::trainer.io.XRayWarning")
+def test_dicom_reading_swaps_no_process_wide_warning_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads are read in server threads: warnings.catch_warnings (process-wide) must not be used."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("warnings.catch_warnings was used while reading")
+
+    files = [
+        dicom_bytes(ramp((8, 8), 4095), photometric="MONOCHROME1"),
+        bare_dicom_bytes(ramp((6, 6), 4095)),
+        dicom_bytes(np.zeros((2, 4, 4))),
+    ]
+    filters = list(warnings.filters)
+    monkeypatch.setattr(warnings, "catch_warnings", refuse)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        xrays = list(pool.map(load_xray, files * 4))
+    monkeypatch.undo()
+    assert [x.source_format for x in xrays] == ["dicom"] * 12
+    assert warnings.filters == filters
 
 
 def test_dicom_huge_header_is_refused_before_allocating() -> None:

@@ -1,18 +1,23 @@
 """DICOM radiographs to display-ready pixels: modality LUT, VOI LUT or window, MONOCHROME1 inversion.
 
 Use `trainer.io.load_xray`; this module is its DICOM half. Patient, institution and date attributes are
-never accessed: only the fields in `to_xray`'s header summary leave this module, and pydicom's own warnings,
-which can quote header values, are not passed on (only counted, in a debug log).
+never accessed (so pydicom never converts, validates or quotes them): only the fields in `to_xray`'s header
+summary leave this module.
+
+pydicom reports oddities of a file (implicit VR where explicit was declared, an invalid Number of Frames) on
+its own "pydicom" logger and as Python warnings; they are left to the application's logging and warning
+filters. Catching them here would need `warnings.catch_warnings`, which swaps process-wide state and is not
+safe while a server reads uploads in several threads.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import warnings
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -42,6 +47,8 @@ _SAFE_FIELDS = {
 # A raw data set (no preamble) starts with a group 0x0002 or 0x0008 tag, little endian.
 _RAW_STARTS = (b"\x02\x00", b"\x08\x00")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_ELEMENT_HEADER = 8  # tag, VR and length; bytes past the last element, fewer than this, are a cut header
 
 
 def parse(data: bytes, *, suffix: str, label: str) -> Dataset | None:
@@ -54,8 +61,7 @@ def parse(data: bytes, *, suffix: str, label: str) -> Dataset | None:
     if not has_marker and suffix not in DICOM_SUFFIXES and data[:2] not in _RAW_STARTS:
         return None
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            dataset = pydicom.dcmread(io.BytesIO(data), force=not has_marker)
+        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_marker)
     except Exception as exc:  # pydicom raises many types on malformed input
         if not has_marker:
             return None
@@ -63,12 +69,35 @@ def parse(data: bytes, *, suffix: str, label: str) -> Dataset | None:
             f"cannot read {label}: the DICOM header is truncated or corrupt ({type(exc).__name__}); "
             "re-export or re-copy the file"
         ) from None
-    _log_suppressed(caught)
     if not has_marker and not any(
         keyword in dataset for keyword in (*_PIXEL_KEYWORDS, "Rows", "SOPClassUID")
     ):
         return None
+    if _cut_short(dataset, data):
+        raise XRayReadError(
+            f"cannot read {label}: the DICOM file ends in the middle of a data element, so it is truncated; "
+            "copy or export it again"
+        )
     return dataset
+
+
+def _cut_short(dataset: Dataset, data: bytes) -> bool:
+    """Whether `data` ends inside an element of the data set: pydicom stops there quietly.
+
+    That is, inside the value of the last element read, or in the header of one more (a few bytes that are
+    not zero padding). A file that ends exactly between two elements cannot be told from a complete one;
+    sequences and encapsulated pixel data are left to the decoder.
+    """
+    tags = list(dataset.keys())  # iterating the Dataset itself would convert (and validate) every element
+    elements = [dataset.get_item(tag) for tag in tags]
+    raw = [e for e in elements if isinstance(e, RawDataElement) and e.length != _UNDEFINED_LENGTH]
+    if not raw:
+        return False
+    last = max(raw, key=lambda element: element.value_tell)
+    if len(last.value or b"") < last.length:
+        return True
+    tail = data[last.value_tell + last.length :]
+    return 0 < len(tail) < _ELEMENT_HEADER and any(tail)
 
 
 def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
@@ -81,7 +110,9 @@ def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
         raise _no_pixels_error(dataset, label)
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
-        bits_stored = int(dataset.get("BitsStored") or dataset.BitsAllocated)
+        bits_allocated = int(dataset.BitsAllocated)
+        stored = dataset.get("BitsStored")
+        bits_stored = bits_allocated if stored is None or stored == "" else int(stored)
         frames = int(dataset.get("NumberOfFrames") or 1)
         photometric = str(dataset.PhotometricInterpretation).strip().upper()
     except (AttributeError, TypeError, ValueError):
@@ -89,6 +120,7 @@ def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
             f"cannot read {label}: the DICOM image header lacks or garbles Rows, Columns, Bits Allocated or "
             "Photometric Interpretation; re-export the image"
         ) from None
+    _check_bit_depth(bits_allocated, bits_stored, label)
     if rows * columns > max_pixels:
         raise too_large_error(label, rows, columns, max_pixels)
     if photometric not in MONOCHROME + COLOUR:
@@ -140,15 +172,40 @@ def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
     )
 
 
+def _check_bit_depth(bits_allocated: int, bits_stored: int, label: str) -> None:
+    """The header's bit depths, which pydicom only checks while decoding (and the data is not to blame).
+
+    Raises:
+        XRayReadError: Bits Allocated is not 1 or a multiple of 8 up to 64, or Bits Stored is not in
+            1..Bits Allocated.
+    """
+    if not (bits_allocated == 1 or bits_allocated % 8 == 0) or not 1 <= bits_allocated <= 64:
+        raise XRayReadError(
+            f"cannot read {label}: the DICOM header's Bits Allocated ({bits_allocated}) is invalid: it must "
+            "be 1 or a multiple of 8 up to 64. The file was written wrongly; export the image again"
+        )
+    if not 1 <= bits_stored <= bits_allocated:
+        raise XRayReadError(
+            f"cannot read {label}: the DICOM header's Bits Stored ({bits_stored}) is invalid: it must be "
+            f"from 1 to Bits Allocated ({bits_allocated}). The file was written wrongly; export it again"
+        )
+
+
 def _no_pixels_error(dataset: Dataset, label: str) -> XRayReadError:
-    """Truncation (pydicom stops quietly at the end of the data) or an object that holds no image."""
+    """A DICOM object without pixel data (a file cut inside an element is caught by `parse`)."""
     uids = (dataset.get("SOPClassUID"), dataset.file_meta.get("MediaStorageSOPClassUID"))
     names = [uid.name for uid in uids if uid and uid.name != str(uid)]  # known SOP classes only
     kind = f" (SOP class: {names[0]})" if names else ""
-    if len(dataset) == 0 or "Rows" in dataset or any("Image Storage" in name for name in names):
+    if len(dataset) == 0:
         return XRayReadError(
-            f"cannot read {label}: the DICOM file{kind} ends before its pixel data; it is probably "
-            "truncated: copy or export it again"
+            f"cannot read {label}: the DICOM file ends inside or right after its file meta header: it holds "
+            "no data set and no image, so it is truncated or was written wrongly; copy or export it again"
+        )
+    if "Rows" in dataset or any("Image Storage" in name for name in names):
+        return XRayReadError(
+            f"cannot read {label}: the DICOM file{kind} describes an image but holds no pixel data (a "
+            "header-only export, or a copy cut short between two elements); copy or export the image again, "
+            "with its pixel data"
         )
     return XRayReadError(
         f"cannot read {label}: the DICOM object has no pixel data{kind}, e.g. a structured report or a "
@@ -165,18 +222,21 @@ def _decode_first_frame(dataset: Dataset, frames: int, label: str) -> np.ndarray
         meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
+    syntax = meta.TransferSyntaxUID
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            dataset.pixel_array_options(index=0 if frames > 1 else None)
-            raw = dataset.pixel_array
+        dataset.pixel_array_options(index=0 if frames > 1 else None)
+        return dataset.pixel_array
     except Exception as exc:  # decoders raise many types on truncated or corrupt data
+        plugins = (
+            "; compressed data needs the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, "
+            "pylibjpeg-rle)"
+            if syntax.is_compressed
+            else ""
+        )
         raise XRayReadError(
-            f"cannot read {label}: the DICOM pixel data ({meta.TransferSyntaxUID.name}) is truncated, "
-            f"corrupt or undecodable: {str(exc)[:200]}. Copy or export the file again; compressed data "
-            "needs the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)"
+            f"cannot read {label}: the DICOM pixel data ({syntax.name}) is truncated, corrupt or "
+            f"undecodable: {str(exc)[:200]}. Copy or export the file again{plugins}"
         ) from None
-    _log_suppressed(caught)
-    return raw
 
 
 def _voi(values: np.ndarray, dataset: Dataset, found: list[str]) -> tuple[np.ndarray, str]:
@@ -239,12 +299,3 @@ def _summary(
     if frames > 1:
         header["frames"] = str(frames)
     return header
-
-
-def _log_suppressed(caught: list[warnings.WarningMessage]) -> None:
-    """Count pydicom's warnings without their text, which can quote header values such as names."""
-    if caught:
-        logger.debug(
-            "pydicom emitted %d warning(s) while reading; not shown, they may quote header values",
-            len(caught),
-        )

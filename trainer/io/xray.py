@@ -55,7 +55,7 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def too_large_error(label: str, height: int, width: int, max_pixels: int) -> XRayReadError:
-    """The error for an image over the pixel limit (shared by the DICOM reader)."""
+    """The error for an image over the pixel limit (both readers check it from the header)."""
     return XRayReadError(
         f"cannot read {label}: the image is {height}x{width} (height x width) = {height * width / 1e6:.1f} "
         f"megapixels, over the limit of {max_pixels / 1e6:.1f} megapixels; downsample it first, or pass a "
