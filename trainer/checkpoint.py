@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainState:
+    """Plain-data progress of a run, saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed, over all phases
+    best_score: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the last improvement, within the current phase
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def atomic_write(path: Path, write: Any) -> None:

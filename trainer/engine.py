@@ -12,7 +12,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer import run_data
-from trainer.checkpoint import atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from trainer.checkpoint import (
+    TrainState,
+    atomic_write,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
 from trainer.metrics import evaluate_predictions
 from trainer.modeling import create_classifier, freeze_backbone
@@ -50,17 +57,6 @@ HISTORY_COLUMNS = (
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainState:
-    """Plain-data progress of a run, saved in every checkpoint."""
-
-    epoch: int = 0  # epochs completed, over all phases
-    best_score: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0  # epochs since the last improvement, within the current phase
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _mixed_precision(setting: str) -> str:

@@ -14,14 +14,13 @@ import torch
 from torch import nn
 
 from trainer import __version__
-from trainer.checkpoint import atomic_write
+from trainer.checkpoint import TrainState, atomic_write
 from trainer.config import RunConfig
 from trainer.metrics import choose_thresholds, evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc, plot_training_curves
 from trainer.preprocess import Pipeline
 
 if TYPE_CHECKING:
-    from trainer.engine import TrainState
     from trainer.run_data import RunData
 
 log = logging.getLogger(__name__)
