@@ -23,6 +23,7 @@ import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from trainer.errors import ChexlabError
 from trainer.task import Task
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ SMALL_TEST_SET = 1000
 TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 
 
-class CardError(ValueError):
+class CardError(ChexlabError, ValueError):
     """A run folder that lacks what a model card needs, or a card section with unknown keys."""
 
 

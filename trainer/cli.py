@@ -1,17 +1,41 @@
 """`python -m trainer fit|evaluate|predict|push|export|preprocess ...`: parsing, printing, exit codes.
 
-Library modules log and raise; this module is the only place that prints, so every user-facing error is
-one clear line (no stack trace) and a non-zero exit code.
+Library modules log and raise; this module is the only place that prints. An error the user can fix (a
+`ChexlabError`, or a missing, protected or misplaced file, a full disk) is one clear line and exit code 2;
+anything else is a bug (or an exhausted machine, e.g. out of memory): a short note, the traceback in a log
+file, and exit code 70 (sysexits' EX_SOFTWARE). `--verbose` shows the traceback of either instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, OSError)
+from trainer.errors import ChexlabError
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+EXIT_BUG = 70
+# OSErrors a user causes and can fix: a path that is wrong, protected or full.
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG}
+
+
+class UsageError(ChexlabError, ValueError):
+    """Command-line arguments that do not go together."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether `err` is one the user caused and can fix (see the module docstring)."""
+    if isinstance(err, (ChexlabError, *USER_OS_ERRORS)):
+        return True
+    return isinstance(err, OSError) and err.errno in USER_ERRNOS
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -26,7 +50,7 @@ def _fit(args: argparse.Namespace) -> int:
             cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
     else:
         if args.config is None:
-            raise ValueError("fit needs --config FILE.yaml (or --resume RUN_DIR)")
+            raise UsageError("fit needs --config FILE.yaml (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
         if args.output_dir:
             cfg.output_dir = args.output_dir
@@ -88,7 +112,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
     inputs = [Path(p) for p in args.inputs]
     if not (args.out or args.grid):
-        raise ValueError("preprocess needs --out DIR and/or --grid FILE.png")
+        raise UsageError("preprocess needs --out DIR and/or --grid FILE.png")
     pipeline = Pipeline.parse(args.ops)
     if args.grid:  # first: the sheet shows unreadable inputs as red rows instead of stopping
         contact_sheet(inputs, Path(args.grid))
@@ -185,8 +209,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except Exception as err:
         if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        if is_user_error(err):
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        where = _log_bug(args.command)
+        summary = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        print(
+            f"internal error: {type(err).__name__}{': ' + summary if summary else ''}\n"
+            "This is a bug in chexlab (or the machine ran out of memory or another resource), not a problem "
+            f"with your input. The traceback is in {where}; please include it when you report the problem.",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _log_bug(command: str) -> str:
+    """Log the exception being handled, with its traceback, to a new file; says where it went."""
+    try:
+        fd, name = tempfile.mkstemp(prefix="chexlab-error-", suffix=".log")
+        os.close(fd)
+        handler: logging.Handler = logging.FileHandler(name, encoding="utf-8")
+    except OSError:  # no writable temporary folder: the traceback goes to the console after all
+        name, handler = "the output above", logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Only this handler: the console keeps the short note.
+    previous, log.propagate = log.propagate, False
+    log.addHandler(handler)
+    try:
+        log.exception("unexpected error in `python -m trainer %s`", command)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = previous
+        handler.close()
+    return name

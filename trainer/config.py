@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from hub_cards import CardInfo
+from trainer.errors import ChexlabError
 from trainer.labels import TASKS
 from trainer.modeling import HeadConfig
 from trainer.transforms import AugmentConfig
@@ -24,7 +25,7 @@ from trainer.transforms import AugmentConfig
 LABEL_FORMATS = ("csv", "folder", "nih")
 
 
-class ConfigError(ValueError):
+class ConfigError(ChexlabError, ValueError):
     """A configuration file or override that does not fit the schema."""
 
 
@@ -155,7 +156,10 @@ def _build(cls: type, values: Any, where: str) -> Any:
                 f"valid keys here: {', '.join(types_)}"
             )
         kwargs[key] = _coerce(types_[key], value, f"{where}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a section's own checks (e.g. HeadConfig, AugmentConfig)
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

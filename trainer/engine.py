@@ -34,6 +34,7 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
+from trainer.errors import ChexlabError
 from trainer.metrics import evaluate_predictions
 from trainer.modeling import create_classifier, freeze_backbone
 from trainer.reporting import Predictions, finish_run
@@ -55,7 +56,7 @@ HISTORY_COLUMNS = (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ChexlabError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.config import DataConfig, load_config
+from trainer.config import ConfigError, DataConfig, load_config
 from trainer.data import XRayDataset
 from trainer.export import ModelInfo, load_model
 from trainer.inference import predict_tensors
-from trainer.labels import LabelTable
+from trainer.labels import DataError, LabelTable
 from trainer.metrics import evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc
 from trainer.reporting import write_json
@@ -32,10 +32,10 @@ def align_labels(table: LabelTable, info: ModelInfo) -> LabelTable:
     """Reorder the table's classes into the model's output order.
 
     Raises:
-        ValueError: the dataset's label set differs from the model's.
+        DataError: the dataset's label set differs from the model's.
     """
     if table.task != info.task or sorted(table.label_names) != sorted(info.label_names):
-        raise ValueError(
+        raise DataError(
             f"the dataset has {table.task} labels {table.label_names} but the model predicts "
             f"{info.task} labels "
             f"{info.label_names}; evaluate on data with the model's labels"
@@ -88,7 +88,7 @@ def evaluate_source(
     is_run = (run_dir / "config.yaml").is_file() and (run_dir / "model").is_dir()
     model, info = load_model(str(run_dir / "model") if is_run else source)
     if data is None and not is_run:
-        raise ValueError(
+        raise ConfigError(
             "evaluating a model that is not a run folder needs --data CONFIG.yaml naming the dataset"
         )
     data_cfg: DataConfig = load_config(data if data else run_dir / "config.yaml", overrides).data

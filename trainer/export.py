@@ -28,6 +28,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from trainer import __version__
+from trainer.errors import ChexlabError
 from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, ModelSourceError, read_model_folder
 from trainer.modeling import HeadConfig, head_config, model_data_config, model_from_folder, saved_label_names
 from trainer.preprocess import Pipeline, PreprocessError
@@ -41,6 +42,10 @@ LOCAL_KEYS = ("root",)
 
 class ModelLoadError(ModelSourceError):
     """A model that cannot be loaded: not found, offline without a cache, pickle-only, not a chexlab model."""
+
+
+class ExportError(ChexlabError, ValueError):
+    """A model that cannot be written as a model folder: its labels, head, input size or dtype do not fit."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def _input_size(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]
         return (3, *size)
     if len(size) == 3 and size[0] == 3:
         return size
-    raise ValueError(f"input_size must be an int, (H, W) or (3, H, W); got {size}")
+    raise ExportError(f"input_size must be an int, (H, W) or (3, H, W); got {size}")
 
 
 def save_pretrained(
@@ -108,7 +113,8 @@ def save_pretrained(
         The model folder.
 
     Raises:
-        ValueError: inconsistent labels, thresholds, head or dtype, or weights that do not fit in float16.
+        TaskError: labels, outputs or thresholds that do not fit the task.
+        ExportError: a head, input size or dtype that does not fit, or weights that overflow float16.
     """
     out_dir = Path(out_dir)
     task = Task.parse(task)
@@ -119,9 +125,9 @@ def save_pretrained(
     if head is not None:
         given = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head)
         if given != model_head:
-            raise ValueError(f"head {given} does not match the model's own head {model_head}")
+            raise ExportError(f"head {given} does not match the model's own head {model_head}")
     if dtype not in (torch.float32, torch.float16):
-        raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
+        raise ExportError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
     pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_list(pipeline)
 
     data_config = model_data_config(model)
@@ -173,7 +179,7 @@ def _weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors, floating ones in `dtype` (integer counters unchanged).
 
     Raises:
-        ValueError: a finite weight overflows `dtype`.
+        ExportError: a finite weight overflows `dtype`.
     """
     weights = {}
     for name, tensor in model.state_dict().items():
@@ -181,7 +187,7 @@ def _weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         if tensor.is_floating_point() and tensor.dtype != dtype:
             cast = tensor.to(dtype)
             if not torch.isfinite(cast).all() and torch.isfinite(tensor).all():
-                raise ValueError(f"{name} has values outside the {dtype} range; save in float32")
+                raise ExportError(f"{name} has values outside the {dtype} range; save in float32")
             tensor = cast
         weights[name] = tensor.contiguous()
     return weights

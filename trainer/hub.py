@@ -22,6 +22,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from hub_cards import write_card
 from trainer import __version__
+from trainer.errors import ChexlabError
 from trainer.export import ModelLoadError, load_model
 from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, is_pickle_name
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 RUN_MARKERS = ("config.yaml", "run.json", "metrics.json")
 
 
-class PushError(RuntimeError):
+class PushError(ChexlabError, RuntimeError):
     """A push that was refused before sending anything, or that failed on the way (safe to run again)."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.errors import ChexlabError
 from trainer.task import Task
 
 __all__ = ["TASKS", "DataError", "LabelTable", "derive_binary", "select_findings"]
@@ -31,7 +32,7 @@ TASKS = tuple(Task)  # the task names; kept for the modules that have not moved 
 MAX_LISTED_PROBLEMS = 50
 
 
-class DataError(ValueError):
+class DataError(ChexlabError, ValueError):
     """Labels or image files that cannot be used; the message lists every problem found."""
 
 

@@ -25,6 +25,8 @@ from huggingface_hub.errors import (
 )
 from torch import Tensor
 
+from trainer.errors import ChexlabError
+
 log = logging.getLogger(__name__)
 
 SOURCE_PREFIXES = ("hf-hub", "local-dir")
@@ -33,7 +35,7 @@ WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pth.tar", ".pkl")
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(ChexlabError, ValueError):
     """Initial weights or a saved model that cannot be used: missing, offline, pickle-only or mismatched."""
 
 

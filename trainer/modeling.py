@@ -34,6 +34,7 @@ from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from trainer import simple_cnn  # noqa: F401  (registers chexlab_simple_cnn with timm)
+from trainer.errors import ChexlabError
 from trainer.model_source import (
     SOURCE_PREFIXES,
     ModelSourceError,
@@ -45,6 +46,12 @@ from trainer.model_source import (
 log = logging.getLogger(__name__)
 
 HEAD_TYPES = ("linear", "mlp", "dense_bn")
+
+
+class ArchitectureError(ChexlabError, ValueError):
+    """An architecture chexlab cannot build or adapt: unknown to timm, or a classifier it cannot replace."""
+
+
 # pretrained_cfg keys that describe the input a saved model was trained on; a transferred backbone keeps them
 DATA_CFG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -187,9 +194,23 @@ def create_classifier(
     elif kind == "file":
         model = _from_file(arch, Path(location), num_classes, timm_kwargs)
     else:
-        model = timm.create_model(arch, num_classes=num_classes, **timm_kwargs)
+        model = _create(arch, num_classes, timm_kwargs)
     _install_head(model, head)
     return model
+
+
+def _create(arch: str, num_classes: int, timm_kwargs: dict[str, Any]) -> nn.Module:
+    """timm.create_model with random weights; an unknown name is the user's to fix, not a crash."""
+    try:
+        return timm.create_model(arch, num_classes=num_classes, **timm_kwargs)
+    except RuntimeError:
+        if timm.is_model(arch):
+            raise
+        raise ArchitectureError(_unknown_architecture(arch)) from None
+
+
+def _unknown_architecture(arch: str) -> str:
+    return f"unknown timm architecture '{arch}'; see timm.list_models()"
 
 
 def model_from_folder(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> nn.Module:
@@ -230,10 +251,12 @@ def classifier_name(model: nn.Module) -> str:
     name = model.pretrained_cfg.get("classifier")
     if isinstance(name, list | tuple):
         if len(name) != 1:
-            raise ValueError(f"{type(model).__name__} has several classifiers {name}; chexlab supports one")
+            raise ArchitectureError(
+                f"{type(model).__name__} has several classifiers {name}; chexlab supports one"
+            )
         name = name[0]
     if not name:
-        raise ValueError(f"{type(model).__name__} has no classifier in its pretrained_cfg")
+        raise ArchitectureError(f"{type(model).__name__} has no classifier in its pretrained_cfg")
     return name
 
 
@@ -343,7 +366,7 @@ def _from_file(arch: str, path: Path, num_classes: int, timm_kwargs: dict[str, A
     if not path.is_file():
         raise ModelSourceError(f"init weights file {path} does not exist")
     if not timm.is_model(arch):
-        raise ValueError(f"unknown timm architecture '{arch}'; see timm.list_models()")
+        raise ArchitectureError(_unknown_architecture(arch))
     default_cfg = timm.models.get_pretrained_cfg(arch)
     classifier = default_cfg.classifier if default_cfg is not None else None
     classifier = classifier[0] if isinstance(classifier, list | tuple) else classifier
@@ -451,7 +474,7 @@ def _install_head(model: nn.Module, head: HeadConfig) -> None:
     name = classifier_name(model)
     linear = model.get_submodule(name)
     if not isinstance(linear, nn.Linear):
-        raise ValueError(
+        raise ArchitectureError(
             f"{type(model).__name__}'s classifier '{name}' is a {type(linear).__name__}, not a Linear layer; "
             f"a {head.type} head cannot replace it: use head type linear"
         )
@@ -492,5 +515,5 @@ def _last_spatial_module(model: nn.Module) -> nn.Module:
         for handle in handles:
             handle.remove()
     if not completed:
-        raise ValueError(f"{type(model).__name__} produces no spatial activation map for Grad-CAM")
+        raise ArchitectureError(f"{type(model).__name__} produces no spatial activation map for Grad-CAM")
     return completed[-1]

@@ -12,6 +12,7 @@ import torch
 from trainer.export import load_model
 from trainer.inference import predict_tensors, prepare_input
 from trainer.io import XRayReadError, load_xray
+from trainer.labels import DataError
 from trainer.transforms import InputSpec
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
 
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: a CSV without a `path` column.
+        DataError: a CSV without a `path` column.
     """
     paths: list[Path] = []
     for item in map(Path, inputs):
@@ -38,7 +39,7 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
             with item.open(newline="") as f:
                 reader = csv.DictReader(f)
                 if "path" not in (reader.fieldnames or []):
-                    raise ValueError(
+                    raise DataError(
                         f"{item} has no 'path' column (columns: {', '.join(reader.fieldnames or [])})"
                     )
                 paths.extend(

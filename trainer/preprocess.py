@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from trainer.errors import ChexlabError
+
 __all__ = [
     "ANALYSIS_SIDE",
     "OPS",
@@ -69,7 +71,7 @@ _SEARCH_TILES = 4  # CLAHE tiles for the lung search: coarse enough to leave no 
 _LEVELS = 65535  # 16-bit quantisation: keeps the detail of 12-16 bit radiographs that 8 bits would merge
 
 
-class PreprocessError(ValueError):
+class PreprocessError(ChexlabError, ValueError):
     """A preprocessing op or pipeline was given something it cannot work with (bad op, parameter or image)."""
 
 

@@ -15,10 +15,10 @@ import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainer.config import DataConfig, RunConfig
+from trainer.config import ConfigError, DataConfig, RunConfig
 from trainer.data import check_files, make_loaders
 from trainer.label_readers import read_csv_labels, read_folder_labels
-from trainer.labels import LabelTable, derive_binary, select_findings
+from trainer.labels import DataError, LabelTable, derive_binary, select_findings
 from trainer.modeling import model_data_config
 from trainer.nih import read_nih_labels
 from trainer.preprocess import Pipeline
@@ -55,7 +55,7 @@ def load_table(cfg: DataConfig) -> LabelTable:
         )
     else:
         if cfg.labels is None:
-            raise ValueError(
+            raise ConfigError(
                 "data.labels must name the label CSV (relative to data.root) for data.format: csv"
             )
         table = read_csv_labels(
@@ -70,12 +70,12 @@ def load_table(cfg: DataConfig) -> LabelTable:
         )
     if cfg.normal_label is not None:
         if task is not Task.BINARY:
-            raise ValueError("data.normal_label derives a binary task: set data.task: binary")
+            raise ConfigError("data.normal_label derives a binary task: set data.task: binary")
         return derive_binary(table, cfg.normal_label, cfg.positive_name, cfg.negative_name)
     if table.task.multi_label and (cfg.findings or cfg.min_positives):
         table = select_findings(table, cfg.findings, min_positives=cfg.min_positives)
     if table.task is not task:
-        raise ValueError(f"the labels describe a {table.task} task but data.task is {cfg.task}")
+        raise ConfigError(f"the labels describe a {table.task} task but data.task is {cfg.task}")
     return table
 
 
@@ -159,7 +159,7 @@ def prepare(cfg: RunConfig, run_dir: Path, *, write_split: bool) -> RunData:
     split = load_split(cfg.data, table, run_dir, write=write_split)
     for name in ("train", "val", "test"):
         if not (split == name).any():
-            raise ValueError(
+            raise DataError(
                 f"the {name} split is empty: {len(table)} images are too few for these split fractions"
             )
     log.info(

@@ -104,9 +104,7 @@ def patient_split(table: LabelTable, *, val: float = 0.15, test: float = 0.15, s
         array of "train" / "val" / "test", one per row of ``table``.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(
-            f"val and test must be fractions in [0, 1) with val + test < 1, got {val} and {test}"
-        )
+        raise DataError(f"val and test must be fractions in [0, 1) with val + test < 1, got {val} and {test}")
     groups = _patient_groups(table)
     strata = _strata(table, groups)
     rng = np.random.default_rng(seed)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.errors import ChexlabError
+
 MAX_PIXELS = 60_000_000
 """Default limit on height * width, checked from the header before any pixel data is decoded."""
 
@@ -15,7 +17,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
-class XRayReadError(ValueError):
+class XRayReadError(ChexlabError, ValueError):
     """The input cannot be read as a radiograph; the message says what is wrong and what to do."""
 
 
