@@ -11,6 +11,8 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import timm
+import torch
 from PIL import Image
 
 FINDINGS = ("Opacity", "Effusion")
@@ -91,3 +93,22 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]])
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def assert_timm_keeps_the_whole_film(model: torch.nn.Module) -> None:
+    """Plain timm's eval transform, from the model's own data config, keeps a portrait film whole.
+
+    The film's top and bottom bands (white and black) are what a centre crop of the long side cuts off.
+    """
+    width, height, band = 120, 300, 15
+    pixels = np.full((height, width), 110, np.uint8)
+    pixels[:band], pixels[-band:] = 255, 0
+    config = timm.data.resolve_data_config(model=model)
+    tensor = timm.data.create_transform(**config)(Image.fromarray(pixels).convert("RGB"))
+    mean, std = (torch.tensor(config[key]).view(3, 1, 1) for key in ("mean", "std"))
+    centre = (tensor * std + mean)[0, :, tensor.shape[-1] // 2]  # the middle column, back in [0, 1]
+    assert tensor.shape[-2:] == config["input_size"][1:]
+    assert centre[0] > 0.9 and centre[-1] < 0.1, (
+        f"timm's transform ({config['crop_mode']}, crop_pct {config['crop_pct']}) cut the film: its first "
+        f"and last rows are {centre[0]:.2f} and {centre[-1]:.2f}, not white and black"
+    )

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from tests.conftest import REPO_ROOT
-from tests.synthetic import radiograph
+from tests.synthetic import assert_timm_keeps_the_whole_film, radiograph
 from trainer.export import load_model
 
 MODELS = sorted(p.parent for p in (REPO_ROOT / "demo" / "models").glob("*/config.json"))
@@ -46,6 +46,11 @@ def test_model_folder(folder: Path) -> None:
     assert reported[("test", "roc_auc")] == pytest.approx(saved["auc"]["value"], abs=1e-4)
     for plot in ("roc.png", "confusion.png", "training_curves.png"):
         assert (folder / "plots" / plot).is_file()
+
+
+@pytest.mark.parametrize("folder", MODELS, ids=[p.name for p in MODELS])
+def test_plain_timm_keeps_the_whole_film(folder: Path) -> None:
+    assert_timm_keeps_the_whole_film(timm.create_model(f"local-dir:{folder}", pretrained=True))
 
 
 def test_predict_cli_on_the_default_model(tmp_path: Path) -> None:

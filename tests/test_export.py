@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from timm.models import save_for_hf
 
 import trainer.model_source
+from tests.synthetic import assert_timm_keeps_the_whole_film
 from trainer.export import ModelInfo, ModelLoadError, load_model, save_pretrained
 from trainer.modeling import HeadConfig, create_classifier
 from trainer.preprocess import Pipeline
@@ -103,7 +104,7 @@ def test_layout_and_config(tmp_path: Path) -> None:
     assert config["label_names"] == ["pneumonia"]
     pretrained = config["pretrained_cfg"]
     assert pretrained["input_size"] == [3, SIZE, SIZE]
-    assert pretrained["crop_pct"] == 1.0
+    assert pretrained["crop_pct"] == 1.0 and pretrained["crop_mode"] == "border"
     assert {"mean", "std", "interpolation"} <= set(pretrained)
     block = config["chexlab"]
     assert block["task"] == "binary"
@@ -140,6 +141,11 @@ def test_local_dir_timm_and_chexlab_agree(tmp_path: Path, task: str) -> None:
     assert info.data_config["input_size"] == (3, SIZE, SIZE)
     assert timm.data.resolve_model_data_config(by_timm)["input_size"] == (3, SIZE, SIZE)
     assert not loaded.training
+
+
+def test_plain_timm_keeps_the_whole_film(tmp_path: Path) -> None:
+    folder = _save(_model(), tmp_path / "model")
+    assert_timm_keeps_the_whole_film(timm.create_model(f"local-dir:{folder}", pretrained=True))
 
 
 def test_plain_folder_and_run_folder_paths(tmp_path: Path) -> None:

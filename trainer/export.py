@@ -133,9 +133,11 @@ def save_pretrained(
     data_config = model_data_config(model)
     if input_size is not None:
         data_config["input_size"] = _input_size(input_size)
-    # chexlab letterboxes the whole radiograph to the input size and never centre-crops; crop_pct 1.0 keeps
-    # timm's own eval transforms from cutting off the lung bases and apices.
+    # chexlab letterboxes the whole radiograph to the input size and never centre-crops. So does timm's own
+    # eval transform with crop_mode "border" and crop_pct 1.0 (the longest side resized to the input, the
+    # other padded); "center" would cut the lung apices or bases off a portrait film.
     data_config["crop_pct"] = 1.0
+    data_config["crop_mode"] = "border"
     training_data = {k: v for k, v in (data_summary or {}).items() if k not in LOCAL_KEYS}
     chexlab_block = {
         "task": task.value,

@@ -111,12 +111,13 @@ class SimpleCNN(nn.Module):
 default_cfgs = generate_default_cfgs(
     {
         # No released weights: the cfg documents the input the network expects. CXRs are not center-cropped
-        # (crop_pct 1.0): chexlab's preprocessing already pads them to a square.
+        # (crop_pct 1.0, crop_mode "border": timm pads them to a square, as chexlab's preprocessing does).
         "chexlab_simple_cnn": dict(
             num_classes=1,
             input_size=(3, 224, 224),
             pool_size=(7, 7),
             crop_pct=1.0,
+            crop_mode="border",
             interpolation="bilinear",
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
