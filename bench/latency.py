@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def bare_forward_backward(model: torch.nn.Module, tensor: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def measure(model_source: str, image: Path, runs: int, warmup: int, method: str) -> dict[str, object]:
+def measure(model_source: str, image: Path, runs: int, warmup: int, method: str) -> dict[str, Any]:
     predictor = Predictor({Path(model_source).name: model_source}, cache_size=0)
     loaded = predictor.load(Path(model_source).name)
     model_input = prepare_input(load_xray(image).pixels, loaded.info.pipeline, loaded.spec)
@@ -96,7 +97,7 @@ def measure(model_source: str, image: Path, runs: int, warmup: int, method: str)
     }
 
 
-def table(result: dict[str, object], runs: int, method: str) -> str:
+def table(result: dict[str, Any], runs: int, method: str) -> str:
     demo, bare = result["demo"], result["bare"]
     ratio = statistics.median(demo) / statistics.median(bare)
     cpu, threads = os.cpu_count(), torch.get_num_threads()

@@ -77,6 +77,8 @@ def train_baseline(cfg: RunConfig, split: Path, out: Path, labels: list[str], *e
     if not (out / "test.csv").is_file():
         command = [sys.executable, str(REPO / "bench" / "plain_baseline.py"), "--split", str(split)]
         command += ["--root", cfg.data.root, "--task", cfg.data.task, "--out", str(out)]
+        if cfg.model.init is None:
+            raise ValueError(f"{cfg.name} sets no model.init, the weights the plain baseline starts from")
         command += ["--weights", cfg.model.init.removeprefix("file:"), *extra, "--labels", *labels]
         subprocess.run(command, check=True, cwd=REPO)
 

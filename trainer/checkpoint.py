@@ -49,10 +49,11 @@ def atomic_write(path: Path, write: Any) -> None:
 
 def rng_state() -> dict[str, Any]:
     """The random generators' states, so a resumed run draws what an uninterrupted one would."""
+    numpy_state = np.random.get_state(legacy=False)["state"]  # MT19937: {"key": uint32 (624,), "pos": int}
     return {
         "python": random.getstate(),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
+        "numpy": torch.from_numpy(numpy_state["key"].astype(np.int64)),
+        "numpy_pos": int(numpy_state["pos"]),
         "torch": torch.get_rng_state(),
     }
 

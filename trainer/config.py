@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
 
-def _did_you_mean(key: str, valid: list[str]) -> str:
+def _did_you_mean(key: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -164,7 +165,7 @@ def _build(cls: type, values: Any, where: str) -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, where + ".")
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in typing.get_args(tp):

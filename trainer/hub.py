@@ -71,11 +71,12 @@ class PushResult:
 
 
 def _size(n: int) -> str:
+    size = float(n)
     for unit in ("B", "kB", "MB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def model_folder(folder: Path) -> tuple[Path, Path | None]:

@@ -395,7 +395,7 @@ def read_csv_labels(
 
     negative_name = None
     if task.multi_label:
-        targets = np.empty((len(rows), len(value_cols)), dtype=np.float32)
+        targets: np.ndarray = np.empty((len(rows), len(value_cols)), dtype=np.float32)
         for r, (line, row) in enumerate(rows):
             for c, col in enumerate(value_cols):
                 value = _parse_binary_cell(row[col])

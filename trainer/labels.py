@@ -129,17 +129,15 @@ class LabelTable:
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64)
-
-        def pick(values: list | None) -> list | None:
-            return None if values is None else [values[i] for i in idx]
-
+        rows = idx.tolist()
+        lines, official = self.line_numbers, self.official_split
         return replace(
             self,
-            paths=pick(self.paths),
-            patient_ids=pick(self.patient_ids),
+            paths=[self.paths[i] for i in rows],
+            patient_ids=[self.patient_ids[i] for i in rows],
             targets=self.targets[idx],
-            line_numbers=pick(self.line_numbers),
-            official_split=pick(self.official_split),
+            line_numbers=None if lines is None else [lines[i] for i in rows],
+            official_split=None if official is None else [official[i] for i in rows],
         )
 
     def label_counts(self) -> dict[str, int]:
@@ -192,7 +190,7 @@ def derive_binary(
     positive = np.any(findings == 1, axis=1)
     all_zero = np.all(findings == 0, axis=1)
 
-    result = np.full(n, np.nan, dtype=np.float32)
+    result: np.ndarray = np.full(n, np.nan, dtype=np.float32)
     result[positive] = 1.0
     undecided = ~positive
     result[undecided & (normal == 1)] = 0.0
@@ -200,12 +198,12 @@ def derive_binary(
     result[undecided & np.isnan(normal) & all_zero] = 0.0
 
     conflicts = np.flatnonzero(positive & (normal == 1))
-    if conflicts.size:
+    if conflicts.size and normal_col is not None:  # conflicts need a normal column
         warnings.warn(
             problem_report(
                 f"{conflicts.size} images have {table.label_names[normal_col]} = 1 and a positive finding; "
                 "labelled abnormal",
-                [table.where(i) for i in conflicts],
+                [table.where(int(i)) for i in conflicts],
             ),
             stacklevel=2,
         )
@@ -215,7 +213,7 @@ def derive_binary(
             problem_report(
                 f"{unknown.size} images have no positive finding but unknown ones; dropped as neither normal "
                 "nor abnormal",
-                [table.where(i) for i in unknown],
+                [table.where(int(i)) for i in unknown],
             ),
             stacklevel=2,
         )

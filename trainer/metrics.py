@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -111,7 +111,7 @@ def choose_thresholds(
     task: Task | str,
     targets: Any,
     probs: Any,
-    method: Literal["youden", "sensitivity"] = "youden",
+    method: str = "youden",
     target_sensitivity: float = 0.90,
 ) -> list[float]:
     """Pick decision thresholds on validation data.
@@ -345,7 +345,7 @@ def evaluate_predictions(
     patient_ids: Sequence[Any] | None,
     thresholds: Sequence[float] | None,
     *,
-    negative_name: str = "normal",
+    negative_name: str | None = "normal",
     n_bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -362,7 +362,8 @@ def evaluate_predictions(
             every image as its own patient (the bootstrap unit is then reported as "image").
         thresholds: one for binary, one per finding for multilabel, ``[]`` or ``None`` for multiclass;
             ``None`` for binary/multilabel means 0.5 everywhere.
-        negative_name: the name of the negative class (binary only), used in the confusion matrix.
+        negative_name: the name of the negative class (binary only), used in the confusion matrix; None
+            names it "not <positive>", as `Task.output_names` does.
         n_bootstrap: number of resamples; 0 skips the intervals (all ``ci`` are ``None``).
         seed: seed of the resampling generator.
         confidence: coverage of the percentile intervals.
@@ -428,15 +429,18 @@ def evaluate_predictions(
         boot_per = {name: np.concatenate([boot_per[name], chunk_per[name]]) for name in CLASS_METRICS}
         boot_head = {name: np.concatenate([boot_head[name], chunk_head[name]]) for name in HEADLINE_METRICS}
 
-    headline, used_head = {}, {}
+    headline: dict[str, Any] = {}
+    used_head: dict[str, int] = {}
     for name in HEADLINE_METRICS:
-        headline[name], used_head[name] = _interval(head[name][0], boot_head[name], confidence)
+        headline[name], used_head[name] = _interval(float(head[name][0]), boot_head[name], confidence)
 
-    per_class, used_per = {}, {}
+    per_class: dict[str, dict[str, Any]] = {}
+    used_per: dict[str, dict[str, int]] = {}
     for c, label in enumerate(names):
-        entry, used = {}, {}
+        entry: dict[str, Any] = {}
+        used: dict[str, int] = {}
         for name in CLASS_METRICS:
-            entry[name], used[name] = _interval(per[name][0, c], boot_per[name][:, c], confidence)
+            entry[name], used[name] = _interval(float(per[name][0, c]), boot_per[name][:, c], confidence)
         entry["n_pos"], entry["n_neg"] = int(n_pos[c]), int(n_neg[c])
         entry["threshold"] = used_thresholds[c] if used_thresholds else None
         entry["note"] = _class_note(
@@ -445,14 +449,15 @@ def evaluate_predictions(
             int(n_neg[c]),
             int(n_unknown[c]),
             min_count,
-            per["ppv"][0, c],
-            per["npv"][0, c],
+            float(per["ppv"][0, c]),
+            float(per["npv"][0, c]),
         )
         per_class[label], used_per[label] = entry, used
 
     matrices = per["counts"][0].round().astype(int).tolist()
     if task.single_logit:
-        confusion = {"labels": [negative_name, names[0]], "matrix": matrices[0]}
+        positive, negative = task.output_names(names, negative_name)
+        confusion = {"labels": [negative, positive], "matrix": matrices[0]}
     elif task.exclusive:
         confusion = {"labels": names, "matrix": matrices}
     else:

@@ -126,9 +126,10 @@ def read_nih_labels(
     ):
         if column is None:
             raise missing_column(header, wanted, what, csv_file)
+    assert image_col is not None and label_col is not None and patient_col is not None  # checked just above
 
     problems: list[str] = []
-    targets = np.zeros((len(rows), len(chosen)), dtype=np.float32)
+    targets: np.ndarray = np.zeros((len(rows), len(chosen)), dtype=np.float32)
     for r, (line, row) in enumerate(rows):
         for name in filter(None, (n.strip() for n in row[label_col].split("|"))):
             key = loose_key(name)
@@ -165,16 +166,17 @@ def read_nih_labels(
             stacklevel=2,
         )
 
-    official = _official_split([names[i] for i in keep], train_val_list, test_list)
-    if official is not None:
-        unlisted = [i for i, side in zip(keep, official, strict=True) if side is None]
+    sides = _official_split([names[i] for i in keep], train_val_list, test_list)
+    official: list[str] | None = None
+    if sides is not None:
+        unlisted = [i for i, side in zip(keep, sides, strict=True) if side is None]
         if unlisted:
             warnings.warn(
                 f"{len(unlisted)} images are in neither official list; their rows were dropped", stacklevel=2
             )
-            official = [side for side in official if side is not None]
             dropped = set(unlisted)
             keep = [i for i in keep if i not in dropped]
+        official = [side for side in sides if side is not None]
     paths = [Path(os.path.normpath(found[names[i]])) for i in keep]
     patient_ids = [rows[i][1][patient_col] for i in keep]
     lines = [rows[i][0] for i in keep]
@@ -210,6 +212,6 @@ def _official_split(
         if test is not None:
             side = "test" if name in test else "trainval" if trainval is None or name in trainval else None
         else:
-            side = "trainval" if name in trainval else "test"
+            side = "trainval" if trainval is not None and name in trainval else "test"
         sides.append(side)
     return sides

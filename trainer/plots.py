@@ -254,7 +254,7 @@ def _plot_multilabel_rates(
             xerr=errors,
             error_kw={"ecolor": "0.25", "capsize": 2, "linewidth": 1},
         )
-    for k in rows:
+    for k in range(len(names)):
         positives, negatives = int(tp[k] + fn[k]), int(tn[k] + fp[k])
         missing = "no positives" if positives == 0 else "no negatives" if negatives == 0 else ""
         label = f"{positives} pos / {negatives} neg" + (f"  ({missing})" if missing else "")

@@ -123,9 +123,10 @@ def finish_run(
     plot_training_curves(run_dir / "metrics.csv", plots / "training_curves.png")
 
     epochs = state.history
+    dataset = data.summary()
     run_info = {
         "chexlab_version": __version__,
-        "dataset": data.summary(),
+        "dataset": dataset,
         "recipe": {
             "arch": cfg.model.arch,
             "init": cfg.model.init,
@@ -164,7 +165,7 @@ def finish_run(
         head=cfg.model.head,
         input_size=data.input_size,
         metrics_summary={split: m["headline"] for split, m in metrics.items()},
-        data_summary=run_info["dataset"],
+        data_summary=dataset,
     )
     write_card(run_dir, model_dir)
     log.info("run finished: %s (test AUC %s)", run_dir, metrics["test"]["headline"]["auc"]["value"])

@@ -31,9 +31,7 @@ log = logging.getLogger(__name__)
 SPLIT_FILE = "split.csv"
 
 
-def _under_root(root: Path, name: str | None) -> Path | None:
-    if name is None:
-        return None
+def _under_root(root: Path, name: str) -> Path:
     path = Path(name)
     return path if path.is_absolute() else root / path
 
@@ -50,8 +48,8 @@ def load_table(cfg: DataConfig) -> LabelTable:
         table = read_nih_labels(
             _under_root(root, cfg.labels or "Data_Entry_2017.csv"),
             root,
-            train_val_list=_under_root(root, cfg.train_val_list),
-            test_list=_under_root(root, cfg.test_list),
+            train_val_list=None if cfg.train_val_list is None else _under_root(root, cfg.train_val_list),
+            test_list=None if cfg.test_list is None else _under_root(root, cfg.test_list),
         )
     else:
         if cfg.labels is None:

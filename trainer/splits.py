@@ -45,11 +45,12 @@ def _strata(table: LabelTable, groups: dict[str, list[int]]) -> dict[str, str]:
             )
         return keys
     positive = {pid: np.flatnonzero(np.any(table.targets[rows] == 1, axis=0)) for pid, rows in groups.items()}
-    patient_freq = np.zeros(len(table.label_names), dtype=np.int64)
+    # Patients positive for each finding:
+    finding_freq: np.ndarray = np.zeros(len(table.label_names), dtype=np.int64)
     for cols in positive.values():
-        patient_freq[cols] += 1
+        finding_freq[cols] += 1
     return {
-        pid: table.label_names[min(cols, key=lambda c: (patient_freq[c], c))] if cols.size else "-"
+        pid: table.label_names[min(cols, key=lambda c: (finding_freq[c], c))] if cols.size else "-"
         for pid, cols in positive.items()
     }
 
@@ -127,7 +128,7 @@ def patient_split(table: LabelTable, *, val: float = 0.15, test: float = 0.15, s
         fractions = {"test": test, "val": val, "train": 1 - val - test}
         assigned = _assign(list(groups), groups, strata, {s: f for s, f in fractions.items() if f > 0}, rng)
         wanted = fractions
-    split = np.empty(len(table), dtype="<U5")
+    split: np.ndarray = np.empty(len(table), dtype="<U5")
     for pid, rows in groups.items():
         split[rows] = assigned[pid]
     counts = {s: int(np.sum(split == s)) for s in SPLITS}
@@ -195,7 +196,7 @@ def read_split(path: str | os.PathLike, table: LabelTable) -> np.ndarray:
         if row["path"] in recorded:
             problems.append(f"{csv_file.name} line {line}: {row['path']} is listed twice")
         recorded[row["path"]] = (line, row)
-    split = np.empty(len(table), dtype="<U5")
+    split: np.ndarray = np.empty(len(table), dtype="<U5")
     seen = set()
     for index in range(len(table)):
         rel = table.relpath(index)

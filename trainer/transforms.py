@@ -136,11 +136,10 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep a tuple so the config stays hashable and compares equal after a round trip.
-        self.scale = tuple(float(v) for v in self.scale)
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(
-                f"augment.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}"
-            )
+        scale = [float(v) for v in self.scale]
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"augment.scale must be [low, high] with 0 < low <= high, got {scale}")
+        self.scale = (scale[0], scale[1])
         if not 0 <= self.rotation <= 180:
             raise ValueError(f"augment.rotation must be in [0, 180] degrees, got {self.rotation}")
         if not 0 <= self.translate < 1:
