@@ -11,6 +11,10 @@ Explanations use one convention for a binary model's two classes: index 1 explai
 logit itself), index 0 the negative one (the negated logit), matching the targets. Other tasks explain
 output `i` by index `i`. `class_index`, `class_name`, `default_class_index` and `class_score` are the only
 places that know it.
+
+Code elsewhere asks a Task what it needs (`num_outputs`, `probabilities`, `loss`, `target_array`, ...) or
+branches on its flags (`single_logit`, `exclusive`, `multi_label`), never on the task's name. torch is
+imported inside the methods that use it, so that model cards can use Task without torch.
 """
 
 from __future__ import annotations
