@@ -87,6 +87,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adamw"  # adamw | adam | sgd
     weight_decay: float = 1e-4
+    decay_bias_and_norm: bool = True  # False: timm's grouping, no weight decay on biases and norm weights
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # cosine | plateau | constant (within each phase)
     warmup_epochs: float = 0.0

@@ -21,6 +21,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -71,35 +74,69 @@ def _mixed_precision(setting: str) -> str:
     return "no"  # CPU autocast is slower than fp32 on most CPUs
 
 
-def make_optimizer(params: list[nn.Parameter], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD (Nesterov) over `params`."""
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(
-        params, lr=lr, momentum=train.momentum, nesterov=True, weight_decay=train.weight_decay
+def make_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer factory (AdamW, Adam or Nesterov SGD) over the trainable parameters of `model`."""
+    return create_optimizer_v2(
+        model,
+        opt=train.optimizer,
+        lr=lr,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        filter_bias_and_bn=not train.decay_bias_and_norm,
     )
 
 
+class PlateauSchedule(Scheduler):
+    """torch's ReduceLROnPlateau on the validation loss, once per epoch, behind timm's scheduler interface.
+
+    timm's own PlateauLRScheduler is deprecated and leaves its patience counters out of `state_dict`, so a
+    resumed run would forget them.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(optimizer, "lr")
+        self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.3, patience=1
+        )
+
+    def _get_lr(self, t: int) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        if metric is not None:
+            self._plateau.step(metric)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._plateau.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._plateau.load_state_dict(state_dict)
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Per-step linear warm-up then cosine decay (or constant); or per-epoch reduce-on-plateau."""
+    optimizer: torch.optim.Optimizer, train: TrainConfig, updates_per_epoch: int, epochs: int
+) -> Scheduler:
+    """Linear warm-up, then cosine decay to 0 (or constant) per optimiser update; or plateau per epoch.
+
+    The caller calls `step_update(updates so far)` after every optimiser update and `step(epoch, val_loss)`
+    after every epoch; each schedule acts on the calls it is made for.
+    """
     if train.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.3, patience=1)
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, round(train.warmup_epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if train.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return PlateauSchedule(optimizer)
+    total = max(1, updates_per_epoch * epochs)
+    warmup = min(total - 1, round(train.warmup_epochs * updates_per_epoch))
+    # timm counts in "epochs" of one update each here: the warm-up is a whole number of updates.
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=train.schedule,
+        num_epochs=total - warmup,
+        warmup_epochs=warmup,
+        warmup_lr=optimizer.param_groups[0]["lr"] / (warmup + 1),
+        warmup_prefix=True,
+        step_on_epochs=False,
+        updates_per_epoch=1,
+    )
+    return scheduler
 
 
 def _target_dtype(task: str) -> torch.dtype:
@@ -119,17 +156,20 @@ def train_one_epoch(
     loader: DataLoader,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: Scheduler,
     accelerator: Accelerator,
     *,
     task: str,
     epoch: int,
+    updates: int,
     max_steps: int | None,
     max_grad_norm: float | None,
     progress: bool,
     describe_batch: Any,
-) -> tuple[float, float]:
-    """One pass over `loader`; returns (mean loss, images per second).
+) -> tuple[float, float, int]:
+    """One pass over `loader`; returns (mean loss, images per second, optimiser updates in the phase so far).
+
+    `updates` counts the phase's optimiser updates before this epoch; the schedule follows that count.
 
     Raises:
         TrainingDiverged: the loss is NaN/inf (the message names the epoch, batch and its images).
@@ -162,10 +202,9 @@ def train_one_epoch(
                 accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             # The schedule counts optimiser updates, not micro-batches of gradient accumulation.
-            if accelerator.sync_gradients and not isinstance(
-                scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-            ):
-                scheduler.step()
+            if accelerator.sync_gradients:
+                updates += 1
+                scheduler.step_update(updates)
             optimizer.zero_grad(set_to_none=True)
         batch = images.shape[0] * accelerator.num_processes
         total_loss += loss.item() * images.shape[0]
@@ -175,7 +214,7 @@ def train_one_epoch(
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
-    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9)
+    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9), updates
 
 
 @torch.no_grad()
@@ -302,8 +341,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         if state.epoch <= first:
             state.bad_epochs = 0  # patience counts within a phase
         freeze_backbone(model, phase.freeze_backbone)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, cfg.train, phase.lr)
+        optimizer = make_optimizer(model, cfg.train, phase.lr)
         # Each process sees its shard of the batches once the loader is prepared for several processes.
         steps = math.ceil(len(loaders["train"]) / accelerator.num_processes)
         if cfg.train.max_steps_per_epoch is not None:
@@ -311,16 +349,18 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         scheduler = make_scheduler(
             optimizer, cfg.train, math.ceil(steps / cfg.train.grad_accum), phase.epochs
         )
+        updates = 0
         if checkpoint is not None and checkpoint["phase"] == phase_index:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
+            updates = checkpoint["updates"]
         prepared_model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, loaders["train"], loaders["val"]
         )
         for epoch in range(max(state.epoch, first), end):
             train_loader.set_epoch(epoch)
             epoch_start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-            train_loss, rate = train_one_epoch(
+            train_loss, rate, updates = train_one_epoch(
                 prepared_model,
                 train_loader,
                 loss_fn,
@@ -329,6 +369,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                 accelerator,
                 task=data.task,
                 epoch=epoch,
+                updates=updates,
                 max_steps=cfg.train.max_steps_per_epoch,
                 max_grad_norm=cfg.train.max_grad_norm,
                 progress=progress,
@@ -337,8 +378,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
             probs, targets, _ = predict_loader(prepared_model, val_loader, accelerator, task=data.task)
             val = validation_metrics(data.task, data.label_names, targets, probs)
             val["loss"] = validation_loss(loss_fn, data.task, probs, targets)
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val["loss"])
+            scheduler.step(epoch + 1 - first, val["loss"])
             row = {
                 "epoch": epoch + 1,
                 "phase": phase_index + 1,
@@ -380,6 +420,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                         "model": weights,
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        "updates": updates,
                         "phase": phase_index,
                         "state": asdict(state),
                         "rng": rng_state(),
