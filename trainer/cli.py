@@ -7,6 +7,7 @@ one clear line (no stack trace) and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -23,15 +24,14 @@ def _fit(args: argparse.Namespace) -> int:
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         if cfg.run_dir.resolve() != run_dir.resolve():
             # The run folder may have been moved since it was written: resume where it is now.
-            cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+            cfg = dataclasses.replace(cfg, output_dir=str(run_dir.parent), name=run_dir.name)
     else:
         if args.config is None:
             raise ValueError("fit needs --config FILE.yaml (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
-        if args.output_dir:
-            cfg.output_dir = args.output_dir
-        if args.name:
-            cfg.name = args.name
+        cfg = dataclasses.replace(
+            cfg, output_dir=args.output_dir or cfg.output_dir, name=args.name or cfg.name
+        )
     run_dir = fit(cfg, resume=bool(args.resume), progress=not args.no_progress)
     print(f"run folder: {run_dir}\nmodel folder: {run_dir / 'model'}")
     return 0

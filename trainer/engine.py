@@ -313,7 +313,8 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         label_names=data.label_names,
         new_head=cfg.model.new_head,
     )
-    loaders = run_data.loaders(cfg, data, model)
+    spec = run_data.input_spec(model, cfg.model.input_size)
+    loaders = run_data.loaders(cfg, data, spec)
     loss_fn = build_loss(
         data.task,
         data.targets("train"),
@@ -461,7 +462,9 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         predictions[split] = Predictions(probs, targets, data.rows(split)[indices])
         accelerator.free_memory()
     if accelerator.is_main_process:
-        finish_run(cfg, data, model, predictions, state, seconds=time.perf_counter() - started)
+        finish_run(
+            cfg, data, model, predictions, state, input_size=spec.size, seconds=time.perf_counter() - started
+        )
     accelerator.wait_for_everyone()
     return run_dir
 

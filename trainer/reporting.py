@@ -18,7 +18,6 @@ from trainer.checkpoint import atomic_write
 from trainer.config import RunConfig
 from trainer.metrics import choose_thresholds, evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc, plot_training_curves
-from trainer.preprocess import Pipeline
 
 if TYPE_CHECKING:
     from trainer.engine import TrainState
@@ -85,14 +84,18 @@ def finish_run(
     predictions: dict[str, Predictions],
     state: TrainState,
     *,
+    input_size: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """Choose thresholds on val, evaluate val and test, write metrics/plots/run.json and the model folder."""
+    """Choose thresholds on val, evaluate val and test, write metrics/plots/run.json and the model folder.
+
+    `input_size` is the side the model was trained at.
+    """
     from hub_cards import write_card
     from trainer.export import save_pretrained
 
     run_dir = cfg.run_dir
-    pipeline = Pipeline.from_list(cfg.preprocess)
+    pipeline = cfg.preprocess
     val = predictions["val"]
     thresholds = choose_thresholds(
         data.task,
@@ -135,7 +138,7 @@ def finish_run(
             "batch_size": cfg.train.batch_size,
             "optimizer": cfg.train.optimizer,
             "schedule": cfg.train.schedule,
-            "input_size": data.input_size,
+            "input_size": input_size,
             "pipeline": pipeline.to_list(),
             "augment": asdict(cfg.augment),
             "tta": cfg.eval.tta,
@@ -163,7 +166,7 @@ def finish_run(
         pipeline=pipeline,
         thresholds=thresholds,
         head=cfg.model.head,
-        input_size=data.input_size,
+        input_size=input_size,
         metrics_summary={split: m["headline"] for split, m in metrics.items()},
         data_summary=run_info["dataset"],
     )
