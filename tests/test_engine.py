@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -199,15 +198,9 @@ def test_label_set_must_match_an_initial_chexlab_model(tmp_path: Path) -> None:
     assert (run / "model" / "model.safetensors").is_file()
 
 
-def _epochs_done(run: Path) -> int:
-    try:
-        return int(load_checkpoint(run)["state"]["epoch"])
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
-
-
 def test_resume_after_sigkill_mid_epoch(tmp_path: Path) -> None:
-    """Kill a real `python -m trainer fit` process mid-epoch, resume it, and end with the same epochs."""
+    """Kill a real `python -m trainer fit` process in epoch 2, at a batch it reports, resume it, and end with
+    the same epochs."""
     args = [
         *TINY,
         *_binary(tmp_path, 60),
@@ -231,21 +224,29 @@ def test_resume_after_sigkill_mid_epoch(tmp_path: Path) -> None:
     config = tmp_path / "base.yaml"
     config.write_text("name: killed\n")
     proc = subprocess.Popen(
-        [*cmd, "--config", str(config), *args], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        [*cmd, "--config", str(config), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", engine.PAUSE_ENV: "2:3"},
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    marker = engine.PAUSE_MESSAGE % (2, 3)
+    seen = []
     try:
-        deadline = time.time() + 240
-        while _epochs_done(run) < 1 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        time.sleep(1.0)  # well inside epoch 2 (an epoch of ~48 images takes several seconds)
-        assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the run waits at the marker until killed
+            seen.append(line)
+            if marker in line:
+                break
+        assert marker in "".join(seen), "".join(seen)[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
-    done = _epochs_done(run)
-    assert 1 <= done < 4
+            proc.wait()
+    assert int(load_checkpoint(run)["state"]["epoch"]) == 1  # epoch 2 was in progress
     assert not (run / "metrics.json").exists()
 
     resumed = subprocess.run(

@@ -16,11 +16,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, OSError)
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import check_resume
     from trainer.config import load_config
     from trainer.engine import fit
 
     if args.resume:
         run_dir = Path(args.resume)
+        check_resume(run_dir, last_good=args.last_good)  # a damaged config.yaml is named as such, not parsed
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         if cfg.run_dir.resolve() != run_dir.resolve():
             # The run folder may have been moved since it was written: resume where it is now.
@@ -32,7 +34,7 @@ def _fit(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(
             cfg, output_dir=args.output_dir or cfg.output_dir, name=args.name or cfg.name
         )
-    run_dir = fit(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    run_dir = fit(cfg, resume=bool(args.resume), last_good=args.last_good, progress=not args.no_progress)
     print(f"run folder: {run_dir}\nmodel folder: {run_dir / 'model'}")
     return 0
 
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="YAML config (see configs/)")
     fit.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    fit.add_argument(
+        "--last-good",
+        action="store_true",
+        help="with --resume: if the latest checkpoint is damaged, continue from the previous epoch's",
     )
     fit.add_argument(
         "--output-dir", help="parent folder of the run folder (default: the config's output_dir)"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
@@ -28,7 +30,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer import run_data
-from trainer.checkpoint import atomic_write, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from trainer.checkpoint import (
+    BEST_WEIGHTS,
+    adopt,
+    atomic_write,
+    check_resume,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
 from trainer.losses import build_loss, probabilities
 from trainer.metrics import evaluate_predictions
@@ -37,7 +47,7 @@ from trainer.reporting import Predictions, finish_run
 
 log = logging.getLogger(__name__)
 
-BEST_WEIGHTS = "best.safetensors"
+TENSORBOARD_DIR = "tb"
 HISTORY_COLUMNS = (
     "epoch",
     "phase",
@@ -49,6 +59,12 @@ HISTORY_COLUMNS = (
     "images_per_s",
     "seconds",
 )
+
+
+# Test hook: with CHEXLAB_PAUSE_AT=EPOCH:BATCH (1-based), a run logs PAUSE_MESSAGE after that batch's update
+# and waits until its stdin closes, so a test can act (e.g. kill it) at a point the run itself reports.
+PAUSE_ENV = "CHEXLAB_PAUSE_AT"
+PAUSE_MESSAGE = "paused at epoch %d, batch %d"
 
 
 class TrainingDiverged(RuntimeError):
@@ -212,6 +228,9 @@ def train_one_epoch(
         rate = seen / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
         bar.update(1)
+        if os.environ.get(PAUSE_ENV) == f"{epoch + 1}:{step + 1}":
+            log.warning(PAUSE_MESSAGE, epoch + 1, step + 1)
+            sys.stdin.read()
     bar.close()
     elapsed = time.perf_counter() - start
     return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9), updates
@@ -282,25 +301,36 @@ def _phase_bounds(phases: list[PhaseConfig]) -> list[tuple[int, int]]:
     return bounds
 
 
-def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+def fit(cfg: RunConfig, *, resume: bool = False, last_good: bool = False, progress: bool = True) -> Path:
     """Train, validate, checkpoint, evaluate and export one run; returns the run folder.
 
     Args:
         cfg: the resolved run configuration (for `resume`, the one saved in the run folder).
-        resume: continue from RUN_DIR/checkpoint.pt instead of starting afresh.
+        resume: continue from RUN_DIR/checkpoint.pt instead of starting afresh; the checkpoint and every
+            file it vouches for are verified before any work starts.
+        last_good: with `resume`, continue from the previous epoch's checkpoint if the latest is damaged.
         progress: show a progress bar (main process only).
+
+    Raises:
+        CheckpointError: (resume) a damaged or changed run file; the message says which and what to do.
     """
     run_dir = cfg.run_dir
+    point = check_resume(run_dir, last_good=last_good) if resume else None
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with="tensorboard",
+        project_dir=str(run_dir),
     )
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if point is None:
             save_config(cfg, run_dir / "config.yaml")
+        else:
+            adopt(point)
+            _write_history(run_dir, point.payload["state"]["history"])  # rewritten, never read back
     accelerator.wait_for_everyone()
 
     data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
@@ -325,14 +355,14 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
 
     state = TrainState()
     checkpoint: dict[str, Any] | None = None
-    if resume:
-        checkpoint = load_checkpoint(run_dir)
+    if point is not None:
+        checkpoint = point.payload
         model.load_state_dict(checkpoint["model"])
         state = TrainState(**checkpoint["state"])
         restore_rng_state(checkpoint["rng"])
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
 
-    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    accelerator.init_trackers(TENSORBOARD_DIR)  # RUN_DIR/tb; trackers log on the main process only
     started = time.perf_counter()
     for phase_index, (phase, (first, end)) in enumerate(
         zip(cfg.train.phases, _phase_bounds(cfg.train.phases), strict=True)
@@ -411,10 +441,6 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                 state.epoch, state.bad_epochs = end, 0
             if accelerator.is_main_process:
                 weights = accelerator.unwrap_model(prepared_model).state_dict()
-                if improved:
-                    atomic_write(
-                        run_dir / BEST_WEIGHTS, lambda tmp, w=weights: save_file(_contiguous(w), str(tmp))
-                    )
                 save_checkpoint(
                     run_dir,
                     {
@@ -426,9 +452,9 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                         "state": asdict(state),
                         "rng": rng_state(),
                     },
+                    best_weights=weights if improved else None,
                 )
                 _write_history(run_dir, state.history)
-                _log_epoch(writer, row)
                 log.info(
                     "epoch %d/%d: train loss %.4f, val loss %.4f, val auc %s, %.1f img/s",
                     epoch + 1,
@@ -438,14 +464,13 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                     val.get("auc"),
                     rate,
                 )
+            accelerator.log(_scalars(row), step=row["epoch"])
             accelerator.wait_for_everyone()
             if stop_phase:
                 break
         # Phases rebuild the optimizer over a different parameter set; drop the old wrappers first.
         accelerator.free_memory()
         checkpoint = None
-    if writer is not None:
-        writer.close()
 
     if (run_dir / BEST_WEIGHTS).is_file():
         model.load_state_dict(load_file(str(run_dir / BEST_WEIGHTS)))
@@ -466,23 +491,14 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
             cfg, data, model, predictions, state, input_size=spec.size, seconds=time.perf_counter() - started
         )
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the TensorBoard writer
     return run_dir
 
 
-def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(run_dir / "tb"))
-
-
-def _log_epoch(writer: Any, row: dict[str, Any]) -> None:
-    if writer is None:
-        return
-    for key, value in row.items():
-        if key not in ("epoch", "phase") and value is not None:
-            writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
-    writer.flush()
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch's history row as TensorBoard scalars ("train/loss", "val/auc", ...) without undefined ones."""
+    return {
+        key.replace("_", "/", 1): value
+        for key, value in row.items()
+        if key not in ("epoch", "phase") and value is not None
+    }
