@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from trainer.errors import ChexlabError
+from trainer.integrity import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_rotating(path: Path, previous: Path, data: bytes) -> None:

@@ -30,6 +30,8 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise ValueError("fit needs --config FILE.yaml (or --resume RUN_DIR)")
+        if args.last_good:
+            raise ValueError("--last-good chooses a checkpoint to resume from: use it with --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
         cfg = dataclasses.replace(
             cfg, output_dir=args.output_dir or cfg.output_dir, name=args.name or cfg.name
@@ -52,10 +54,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from trainer.predict import predict_to_csv
 
-    out = predict_to_csv(
+    summary = predict_to_csv(
         args.model, args.inputs, args.out, batch_size=args.batch_size, revision=args.revision
     )
-    print(f"predictions written to {out}")
+    print(f"{summary}\npredictions written to {summary.out}")
     return 0
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from trainer import __version__
 from trainer.checkpoint import atomic_write
 from trainer.config import RunConfig
+from trainer.integrity import write_checksums
 from trainer.metrics import choose_thresholds, evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc, plot_training_curves
 
@@ -171,5 +172,6 @@ def finish_run(
         data_summary=run_info["dataset"],
     )
     write_card(run_dir, model_dir)
+    write_checksums(run_dir)  # last: it lists every file above
     log.info("run finished: %s (test AUC %s)", run_dir, metrics["test"]["headline"]["auc"]["value"])
     return metrics
