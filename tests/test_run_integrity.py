@@ -28,6 +28,7 @@ from trainer.checkpoint import (
 )
 from trainer.cli import main as cli_main
 from trainer.config import load_config
+from trainer.integrity import damaged_files
 
 EPOCHS = 3
 FORBIDDEN = ("Traceback", "weights_only", "unpickl", "Unpickl")
@@ -94,6 +95,16 @@ def test_a_run_keeps_the_previous_checkpoint_and_best_weights(finished_run: Path
     assert latest["files"]["split.csv"] == _sha(finished_run / "split.csv")
     header = (finished_run / CHECKPOINT_NAME).read_bytes().split(b"\n", 1)[0]
     assert header.startswith(b"CHEXLAB-CHECKPOINT 1 sha256=")
+    listed = (finished_run / "SHA256SUMS").read_text()
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "model/model.safetensors",
+        "model/README.md",
+        CHECKPOINT_NAME,
+    ):
+        assert f"{_sha(finished_run / name)}  {name}\n" in listed
+    assert damaged_files(finished_run) == []
 
 
 def _reduce_pickle(marker: Path) -> bytes:
