@@ -178,7 +178,7 @@ def test_dataloader_with_worker_processes(tmp_path: Path) -> None:
     images, targets, indices = batches[0]
     assert images.shape == (4, 3, 32, 32) and targets.shape == (4, 2)
     assert sorted(torch.cat([b[2] for b in batches]).tolist()) == list(range(8))
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 8
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 8
 
 
 def test_make_loaders(tmp_path: Path) -> None:
