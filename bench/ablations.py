@@ -58,6 +58,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "train.warmup_epochs=0",
         ],
     ),
+    "timm-wd-groups": (
+        "timm's optimizer factory default: no weight decay on biases and norm weights",
+        ["train.decay_bias_and_norm=false"],
+    ),
     "lite2": (
         "EfficientNet-Lite2 at its own 260 px",
         ["model.arch=tf_efficientnet_lite2", f"model.init=file:{LITE2}"],

@@ -13,6 +13,7 @@ and are scored once on its test part with the same patient-level bootstrap. Runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def fixed_split(cfg: RunConfig) -> Path:
 
 def run_chexlab(cfg: RunConfig, split: Path, name: str = "chexlab") -> Path:
     """Train `cfg` on the fixed split into <output_dir>/<name>, resuming an unfinished run."""
-    cfg.name, cfg.data.split_file = name, str(split)
+    cfg = dataclasses.replace(cfg, name=name, data=dataclasses.replace(cfg.data, split_file=str(split)))
     run = cfg.run_dir
     if not (run / "metrics.json").is_file():
         engine.fit(cfg, resume=(run / "checkpoint.pt").is_file(), progress=False)

@@ -92,7 +92,7 @@ class CardInfo:
         return cls(**values)
 
 
-def render_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
+def render_card(run_dir: str | Path, *, repo_id: str | None = None) -> ModelCard:
     """Render the model card (README.md text) of a run folder.
 
     Args:
@@ -101,7 +101,8 @@ def render_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
             None for a local card, which then refers to the model folder by path.
 
     Returns:
-        The card: YAML front matter (licence, tags, datasets, base_model, model-index) and Markdown body.
+        The card, parsed back as the Hub parses it: `.data` is the YAML front matter (licence, tags,
+        datasets, base_model, model-index), `.content` the whole README.md text.
 
     Raises:
         CardError: a required file or field is missing, or the card section has unknown keys.
@@ -118,13 +119,12 @@ def render_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
     )
     body = environment.get_template(TEMPLATE.name).render(**context)
     text = f"---\n{context['card_data'].to_yaml()}\n---\n\n{body.strip()}\n"
-    # Parse it back as the Hub would: a malformed front matter must fail here, not after the upload.
-    ModelCard(text)
     if TOKEN_PATTERN.search(text):
         raise CardError(
             "the rendered card contains a string shaped like a Hugging Face token; remove it from the config"
         )
-    return text
+    # Parsed back as the Hub would: a malformed front matter fails here, not after the upload.
+    return ModelCard(text)
 
 
 def write_card(run_dir: str | Path, model_dir: str | Path, *, repo_id: str | None = None) -> Path:
@@ -134,14 +134,14 @@ def write_card(run_dir: str | Path, model_dir: str | Path, *, repo_id: str | Non
         The path of the written README.md.
     """
     run_dir, model_dir = Path(run_dir), Path(model_dir)
-    text = render_card(run_dir, repo_id=repo_id)
+    card = render_card(run_dir, repo_id=repo_id)
     (model_dir / "plots").mkdir(parents=True, exist_ok=True)
     for name in PLOTS:
         source = run_dir / "plots" / name
         if source.is_file():
             shutil.copyfile(source, model_dir / "plots" / name)
     readme = model_dir / "README.md"
-    readme.write_text(text, encoding="utf-8")
+    readme.write_text(card.content, encoding="utf-8")
     logger.info("wrote the model card %s", readme)
     return readme
 

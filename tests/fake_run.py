@@ -7,7 +7,7 @@ real (tiny) PNG files, and the config has a full `card:` section.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from hub_cards import CardInfo
 from trainer.config import PhaseConfig, load_config, save_config
 from trainer.metrics import evaluate_predictions
 from trainer.modeling import HeadConfig
+from trainer.preprocess import Pipeline
 from trainer.task import Task
 
 LABELS = {
@@ -103,10 +104,16 @@ def make_run_folder(
             "train.batch_size=16",
         ],
     )
-    cfg.model.head = HeadConfig.from_dict(head)
-    cfg.preprocess = PIPELINE
-    cfg.train.phases = [PhaseConfig(epochs=2, lr=1e-3, freeze_backbone=True), PhaseConfig(epochs=4, lr=1e-4)]
-    cfg.card = CardInfo.from_dict(CARD if card is None else card)
+    cfg = replace(
+        cfg,
+        model=replace(cfg.model, head=HeadConfig.from_dict(head)),
+        preprocess=Pipeline.from_list(PIPELINE),
+        train=replace(
+            cfg.train,
+            phases=[PhaseConfig(epochs=2, lr=1e-3, freeze_backbone=True), PhaseConfig(epochs=4, lr=1e-4)],
+        ),
+        card=CardInfo.from_dict(CARD if card is None else card),
+    )
     save_config(cfg, run_dir / "config.yaml")
     n = {"train": 300, "val": 80, "test": 90}
     run = {

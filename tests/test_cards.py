@@ -27,7 +27,8 @@ def run_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 def test_card_parses_back_with_hub_metadata(run_dir: Path) -> None:
-    card = ModelCard(render_card(run_dir, repo_id="chexlab/kermany-test"))
+    card = render_card(run_dir, repo_id="chexlab/kermany-test")
+    assert isinstance(card, ModelCard)
     data = card.data
     assert data.license == CARD["license"]
     assert data.library_name == "timm"
@@ -40,7 +41,7 @@ def test_card_parses_back_with_hub_metadata(run_dir: Path) -> None:
 
 def test_model_index_holds_every_headline_metric_of_both_splits(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    results = ModelCard(render_card(run_dir)).data.eval_results
+    results = render_card(run_dir).data.eval_results
     found = {(r.dataset_split, r.metric_type): r for r in results}
 
     expected = {
@@ -58,7 +59,7 @@ def test_model_index_holds_every_headline_metric_of_both_splits(run_dir: Path) -
 
 
 def test_body_sections_and_numbers(run_dir: Path) -> None:
-    text = render_card(run_dir)
+    text = render_card(run_dir).content
     assert "not a medical device" in text
     assert "not for diagnosis" in text
     for heading in (
@@ -87,18 +88,18 @@ def test_body_sections_and_numbers(run_dir: Path) -> None:
 
 
 def test_operating_point_and_per_class(tmp_path: Path) -> None:
-    binary = render_card(make_run_folder(tmp_path / "b", task="binary"))
+    binary = render_card(make_run_folder(tmp_path / "b", task="binary")).content
     threshold = json.loads((tmp_path / "b" / "metrics.json").read_text())["test"]["thresholds"][0]
     assert f"at least **{threshold:.3f}**" in binary
     assert "Youden" in binary
 
-    multilabel = render_card(make_run_folder(tmp_path / "m", task="multilabel"))
+    multilabel = render_card(make_run_folder(tmp_path / "m", task="multilabel")).content
     # Hernia has no positive label: its AUC is "n/a" with the reason, and the averages leave it out.
     hernia = next(line for line in multilabel.splitlines() if line.startswith("| Hernia |"))
     assert "| n/a |" in hernia
     assert "no positive labels" in hernia
 
-    multiclass = render_card(make_run_folder(tmp_path / "c", task="multiclass"))
+    multiclass = render_card(make_run_folder(tmp_path / "c", task="multiclass")).content
     assert "argmax" in multiclass
     assert "| truth \\ predicted | normal | bacterial_pneumonia | viral_pneumonia |" in multiclass
 
@@ -109,7 +110,7 @@ def test_null_headline_metric_is_na_and_left_out_of_model_index(tmp_path: Path) 
     metrics["val"]["headline"]["ppv"] = {"value": None, "ci": None}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
-    text = render_card(run_dir)
+    text = render_card(run_dir).content
     row = next(line for line in text.splitlines() if line.startswith("| PPV (precision) |"))
     assert row.endswith("| n/a |")
     assert '"n/a": undefined on that split' in text
@@ -119,19 +120,19 @@ def test_null_headline_metric_is_na_and_left_out_of_model_index(tmp_path: Path) 
 
 
 def test_how_to_use_depends_on_the_head(tmp_path: Path) -> None:
-    linear = render_card(make_run_folder(tmp_path / "linear"), repo_id="org/linear")
+    linear = render_card(make_run_folder(tmp_path / "linear"), repo_id="org/linear").content
     assert 'timm.create_model("hf-hub:org/linear", pretrained=True)' in linear
     assert 'load_model("hf-hub:org/linear")' in linear
     assert "python -m trainer predict hf-hub:org/linear" in linear
 
     mlp = render_card(
         make_run_folder(tmp_path / "mlp", head={"type": "mlp", "widths": [64, 16]}), repo_id="org/mlp"
-    )
+    ).content
     assert "timm.create_model(" not in mlp
     assert "cannot rebuild" in mlp
     assert "64 → 16" in mlp
 
-    local = render_card(tmp_path / "linear")
+    local = render_card(tmp_path / "linear").content
     assert "local-dir:" in local and "hf-hub:" not in local.split("## How to use")[1]
 
 
@@ -150,13 +151,13 @@ def test_write_card_copies_plots_for_relative_links(tmp_path: Path) -> None:
 
 def test_rendering_is_deterministic(tmp_path: Path) -> None:
     run_dir = make_run_folder(tmp_path / "run", task="multiclass")
-    assert render_card(run_dir, repo_id="a/b") == render_card(run_dir, repo_id="a/b")
+    assert render_card(run_dir, repo_id="a/b").content == render_card(run_dir, repo_id="a/b").content
 
 
 def test_no_token_in_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = "hf_" + "T0kenT0kenT0kenT0kenT0kenT0ken12"
     monkeypatch.setenv("HF_TOKEN", fake)
-    text = render_card(make_run_folder(tmp_path / "run"), repo_id="org/name")
+    text = render_card(make_run_folder(tmp_path / "run"), repo_id="org/name").content
     assert fake not in text
     assert not re.search(r"hf_[A-Za-z0-9]{20,}", text)
 
@@ -175,7 +176,7 @@ def test_card_info_from_config_yaml(tmp_path: Path) -> None:
 
 def test_missing_license_is_said_plainly(tmp_path: Path) -> None:
     card = dict(CARD, license=None, data_license="")
-    text = render_card(make_run_folder(tmp_path / "run", card=card))
+    text = render_card(make_run_folder(tmp_path / "run", card=card)).content
     assert ModelCard(text).data.license is None
     assert "Model licence: not stated" in text
     assert "Data licence:** not stated" in text

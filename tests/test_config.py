@@ -1,10 +1,14 @@
 """Run configuration: YAML + overrides, strict keys with suggestions, the resolved config round trip."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trainer.config import ConfigError, load_config, parse_override, save_config
+from trainer.preprocess import Pipeline
+from trainer.task import Task
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -65,3 +69,77 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 def test_every_shipped_config_is_valid(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.name == path.stem
+
+
+MISTAKES = """\
+name: demo
+trian:
+  epochs: 3
+train:
+  batch_size: many
+  optimizer: adamm
+  phases:
+    - {epochs: 2, lr: 1.0e-3}
+    - epochs: two
+      lr: 1.0e-4
+preprocess:
+  - {op: clahe}
+  - {op: clahee}
+augment:
+  hflip: false
+  rotation: 400
+"""
+
+
+def test_every_problem_in_one_message_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "mistakes.yaml"
+    path.write_text(MISTAKES)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["eval.threshold=yuoden", "model.drop_rate=0.2", "data.task=regression"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "8 problems in the configuration:"
+    expected = [
+        (f"{path} line 2", "unknown config key 'trian' (did you mean 'train'?)"),
+        (f"{path} line 5", "train.batch_size must be of type int, got 'many'"),
+        (
+            f"{path} line 6",
+            "train.optimizer must be one of adamw, adam, sgd, got 'adamm' (did you mean 'adam'?)",
+        ),
+        (f"{path} line 9", "train.phases[1].epochs must be of type int, got 'two'"),
+        (f"{path} line 13", "preprocess[1]: unknown preprocessing op 'clahee' (did you mean 'clahe'?)"),
+        (f"{path} line 16", "augment.rotation must be in [0, 180] degrees"),
+        ("override 'eval.threshold=yuoden'", "eval.threshold must be one of youden, sensitivity"),
+    ]
+    assert len(lines) == 1 + len(expected) + 1  # the task override is the eighth
+    for line, (where, what) in zip(lines[1:], expected, strict=False):
+        assert line.startswith(f"  - {where}: {what}"), line
+    assert lines[-1].startswith("  - override 'data.task=regression': data.task must be one of binary")
+
+
+def test_an_override_replaces_what_the_file_said_below_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  phases:\n    - {epochs: x}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.phases=[{epochs: 1, lr: many}]"])
+    assert str(err.value) == (
+        "override 'train.phases=[{epochs: 1, lr: many}]': train.phases[0].lr must be a number, got 'many'"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^override 'train.phases=\[\]': train.phases must list at least one"
+    ):
+        load_config(path, ["train.phases=[]"])
+    with pytest.raises(ConfigError, match=r"^override 'name.x=1': name must be of type str, got \{'x': 1\}"):
+        load_config(None, ["name.x=1"])
+
+
+def test_parsed_once_into_typed_values(tmp_path: Path) -> None:
+    cfg = load_config(None, ["data.task=binary", "preprocess=[clahe, {op: gamma, gamma: 1.5}]"])
+    assert cfg.data.task is Task.BINARY
+    assert isinstance(cfg.preprocess, Pipeline) and [s.op for s in cfg.preprocess] == ["clahe", "gamma"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.batch_size = 3  # type: ignore[misc]
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["data"]["task"] == "binary"
+    assert saved["preprocess"][1] == {"op": "gamma", "gamma": 1.5}
+    assert load_config(tmp_path / "config.yaml") == cfg

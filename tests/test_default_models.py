@@ -65,6 +65,8 @@ def test_predict_cli_on_the_default_model(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "trainer", "predict", model, str(images), "--out", str(out)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert "predicted 3 of 4 images; 1 unreadable (see the error column)" in result.stdout
+    assert "predicted 3 of 4 images; 1 unreadable" in result.stderr  # the log line says the same
     rows = out.read_text().splitlines()
     assert rows[0] == "path,prob_abnormal,prob_normal,decision,warnings,error"
     assert len(rows) == 5

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from tests.synthetic import write_binary_dataset, write_multiclass_dataset, write_multilabel_dataset
 from trainer import engine
 from trainer.checkpoint import load_checkpoint
-from trainer.config import load_config
+from trainer.config import ConfigError, load_config
 from trainer.export import export_run, load_model
 from trainer.task import Task
 
@@ -200,15 +199,9 @@ def test_label_set_must_match_an_initial_chexlab_model(tmp_path: Path) -> None:
     assert (run / "model" / "model.safetensors").is_file()
 
 
-def _epochs_done(run: Path) -> int:
-    try:
-        return int(load_checkpoint(run)["state"]["epoch"])
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return 0
-
-
 def test_resume_after_sigkill_mid_epoch(tmp_path: Path) -> None:
-    """Kill a real `python -m trainer fit` process mid-epoch, resume it, and end with the same epochs."""
+    """Kill a real `python -m trainer fit` process in epoch 2, at a batch it reports, resume it, and end with
+    the same epochs."""
     args = [
         *TINY,
         *_binary(tmp_path, 60),
@@ -232,21 +225,29 @@ def test_resume_after_sigkill_mid_epoch(tmp_path: Path) -> None:
     config = tmp_path / "base.yaml"
     config.write_text("name: killed\n")
     proc = subprocess.Popen(
-        [*cmd, "--config", str(config), *args], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        [*cmd, "--config", str(config), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", engine.PAUSE_ENV: "2:3"},
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    marker = engine.PAUSE_MESSAGE % (2, 3)
+    seen = []
     try:
-        deadline = time.time() + 240
-        while _epochs_done(run) < 1 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        time.sleep(1.0)  # well inside epoch 2 (an epoch of ~48 images takes several seconds)
-        assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the run waits at the marker until killed
+            seen.append(line)
+            if marker in line:
+                break
+        assert marker in "".join(seen), "".join(seen)[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
-    done = _epochs_done(run)
-    assert 1 <= done < 4
+            proc.wait()
+    assert int(load_checkpoint(run)["state"]["epoch"]) == 1  # epoch 2 was in progress
     assert not (run / "metrics.json").exists()
 
     resumed = subprocess.run(
@@ -293,16 +294,36 @@ def test_optimizers_and_schedules_step(tmp_path: Path) -> None:
             cfg = load_config(
                 None, [f"train.optimizer={optimizer}", f"train.schedule={schedule}", "train.warmup_epochs=1"]
             )
-            opt = engine.make_optimizer(list(model.parameters()), cfg.train, 0.1)
-            sched = engine.make_scheduler(opt, cfg.train, steps_per_epoch=4, epochs=3)
+            opt = engine.make_optimizer(model, cfg.train, 0.1)
+            sched = engine.make_scheduler(opt, cfg.train, updates_per_epoch=4, epochs=3)
             lrs = []
-            for _ in range(12):
+            for update in range(1, 13):
                 opt.step()
-                sched.step(1.0) if schedule == "plateau" else sched.step()
+                sched.step_update(update)
+                if update % 4 == 0:
+                    sched.step(update // 4, 1.0)  # an epoch's end; the validation loss never improves
                 lrs.append(opt.param_groups[0]["lr"])
             if schedule == "cosine":
                 assert lrs[2] > lrs[0] and lrs[-1] < 0.01  # warm-up, then decay to ~0
+            if schedule == "plateau":
+                assert lrs[:-1] == [0.1] * 11 and lrs[-1] == pytest.approx(0.03)  # patience 1, factor 0.3
             assert np.isfinite(lrs).all()
+
+
+def test_unknown_optimizer_is_a_config_error_not_sgd() -> None:
+    with pytest.raises(ConfigError, match="train.optimizer must be one of adamw, adam, sgd"):
+        load_config(None, ["train.optimizer=lion"])
+
+
+def test_weight_decay_grouping() -> None:
+    """chexlab decays every weight; timm's grouping (decay_bias_and_norm: false) spares biases and norms."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    everything = engine.make_optimizer(model, load_config(None, []).train, 0.1)
+    assert [g["weight_decay"] for g in everything.param_groups] == [1e-4]
+    timm_train = load_config(None, ["train.decay_bias_and_norm=false"]).train
+    timm_groups = engine.make_optimizer(model, timm_train, 0.1)
+    by_decay = {g["weight_decay"]: len(g["params"]) for g in timm_groups.param_groups}
+    assert by_decay == {0.0: 3, 1e-4: 1}  # conv bias, BN weight and bias; the conv kernel
 
 
 def test_schedule_counts_optimiser_updates_under_gradient_accumulation(tmp_path: Path) -> None:

@@ -17,13 +17,15 @@ import httpx2
 import pytest
 import torch
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from hub_cards import write_card
 from tests.fake_run import PIPELINE, make_run_folder
 from trainer import hub
 from trainer.cli import main as cli_main
 from trainer.export import save_pretrained
 from trainer.hub import PushError, push_folder
+from trainer.integrity import write_checksums
 from trainer.modeling import create_classifier
 
 FAKE_TOKEN = "hf_" + "FakeFakeFakeFakeFakeFakeFake1234"
@@ -58,6 +60,8 @@ class FakeHub:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.tokens: list[str | None] = []
         self.uploaded: dict[str, str] = {}
+        self.sizes: dict[str, int] = {}
+        self.readme = ""
         self.fail = fail
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
@@ -80,6 +84,8 @@ class FakeHub:
             for name, digest in _hashes(folder).items():
                 if any(fnmatch.fnmatch(name, pattern) for pattern in kwargs["allow_patterns"]):
                     fake.uploaded[name] = digest
+                    fake.sizes[name] = (folder / name).stat().st_size
+            fake.readme = (folder / "README.md").read_text()
             return SimpleNamespace(
                 commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc",
                 pr_url=f"https://huggingface.co/{kwargs['repo_id']}/discussions/1",
@@ -97,9 +103,11 @@ def test_push_run_folder_sends_exactly_the_model_folder(
 ) -> None:
     fake = FakeHub().install(monkeypatch)
     run_dir = _run_folder(tmp_path)
+    before = _hashes(run_dir)
 
     result = push_folder(run_dir, "chexlab-test/tiny", private=True)
 
+    assert _hashes(run_dir) == before  # the card was rendered into a staging copy, not the local folder
     model_dir = run_dir / "model"
     assert [name for name, _ in fake.calls] == ["create_repo", "upload_folder"]
     assert fake.calls[0][1] == {
@@ -110,17 +118,20 @@ def test_push_run_folder_sends_exactly_the_model_folder(
     }
     upload = fake.calls[1][1]
     assert upload["repo_id"] == "chexlab-test/tiny"
-    assert Path(upload["folder_path"]) == model_dir
+    assert Path(upload["folder_path"]) != model_dir and not Path(upload["folder_path"]).exists()
     assert (upload["repo_type"], upload["create_pr"], upload["revision"]) == ("model", False, None)
     expected = {"README.md", "config.json", "model.safetensors", "plots/roc.png", "plots/confusion.png",
                 "plots/training_curves.png"}  # fmt: skip
-    assert fake.uploaded == {name: digest for name, digest in _hashes(model_dir).items() if name in expected}
     assert set(fake.uploaded) == expected
+    local = _hashes(model_dir)
+    assert {name: fake.uploaded[name] for name in local} == local  # weights and config as they are
+    for name in ("roc.png", "confusion.png", "training_curves.png"):  # the run's plots, for the card's links
+        assert fake.uploaded[f"plots/{name}"] == _hashes(run_dir / "plots")[name]
     assert fake.tokens == [FAKE_TOKEN, FAKE_TOKEN]
-    # the card was re-rendered for this repo before the upload
-    assert 'load_model("hf-hub:chexlab-test/tiny")' in (model_dir / "README.md").read_text()
+    # the card was rendered for this repo
+    assert 'load_model("hf-hub:chexlab-test/tiny")' in fake.readme
     assert result.url == "https://huggingface.co/chexlab-test/tiny/commit/abc"
-    assert dict(result.files) == {name: (model_dir / name).stat().st_size for name in expected}
+    assert dict(result.files) == fake.sizes
 
 
 def test_create_pr_and_revision_are_passed_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,6 +145,7 @@ def test_create_pr_and_revision_are_passed_through(tmp_path: Path, monkeypatch: 
     assert result.url.endswith("/discussions/1")
 
     fake.calls.clear()
+    write_card(run_dir, run_dir / "model")  # as `fit` writes it
     push_folder(run_dir / "model", "org/name", revision="dev")  # a model folder with its card
     assert [name for name, _ in fake.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert fake.calls[1][1] == {
@@ -152,14 +164,16 @@ def test_dry_run_lists_files_without_network_or_token(
     monkeypatch.setattr(hub, "get_token", lambda: None)
     run_dir = _run_folder(tmp_path)
 
+    before = _hashes(run_dir)
     result = push_folder(run_dir, "org/name", private=True, dry_run=True)
 
     assert fake.calls == []
+    assert _hashes(run_dir) == before
     model_dir = run_dir / "model"
-    files = {
-        p.relative_to(model_dir).as_posix(): p.stat().st_size for p in model_dir.rglob("*") if p.is_file()
-    }
-    assert dict(result.files) == files
+    files = dict(result.files)
+    assert set(files) == {"README.md", "config.json", "model.safetensors", "plots/roc.png",
+                          "plots/confusion.png", "plots/training_curves.png"}  # fmt: skip
+    assert files["model.safetensors"] == (model_dir / "model.safetensors").stat().st_size
     text = str(result)
     assert text.startswith("dry run: would upload 6 files")
     assert "https://huggingface.co/org/name" in text and "private" in text
@@ -209,22 +223,23 @@ def test_token_is_never_logged_printed_or_written(
         ),
         httpx2.ConnectError("connection reset by peer"),
         TimeoutError("timed out"),
+        OfflineModeIsEnabled("HF_HUB_OFFLINE is set"),
     ],
-    ids=["http-500", "connection-reset", "timeout"],
+    ids=["http-500", "connection-reset", "timeout", "offline"],
 )
 def test_failed_push_leaves_folder_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     fake = FakeHub(fail=error).install(monkeypatch)
     run_dir = _run_folder(tmp_path)
-    push_folder(run_dir, "org/name", dry_run=True)  # renders the card for this repo, as the push will
+    write_card(run_dir, run_dir / "model")  # a local card, as `fit` writes it; the push renders another
     before = _hashes(run_dir)
 
     with pytest.raises(PushError, match="run the same command again") as failure:
         push_folder(run_dir, "org/name")
 
-    assert _hashes(run_dir) == before
-    assert "org/name" in str(failure.value)
+    assert _hashes(run_dir) == before  # not a byte changed, README.md included
+    assert "org/name" in str(failure.value) and "is unchanged" in str(failure.value)
     assert [name for name, _ in fake.calls] == ["create_repo", "upload_folder"]
 
 
@@ -244,8 +259,10 @@ def test_refused_before_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(hub, "get_token", lambda: None)
+    before = _hashes(run_dir)
     with pytest.raises(PushError, match="hf auth login"):
         push_folder(run_dir, "org/name")
+    assert _hashes(run_dir) == before
 
     (model_dir / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(PushError, match="pickle"):
@@ -264,3 +281,23 @@ def test_folder_that_does_not_reload_is_not_pushed(tmp_path: Path, monkeypatch: 
     with pytest.raises(PushError, match="does not load"):
         push_folder(broken, "org/name")
     assert fake.calls == []
+
+
+def test_a_model_folder_damaged_after_the_run_is_not_pushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeHub().install(monkeypatch)
+    run_dir = _run_folder(tmp_path)
+    write_checksums(run_dir)  # as `fit` does last
+    weights = run_dir / "model" / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-100] ^= 0xFF  # inside a tensor: the file still loads and gives finite outputs
+    weights.write_bytes(bytes(damaged))
+
+    with pytest.raises(PushError, match=r"model\.safetensors does not match the checksum the run recorded"):
+        push_folder(run_dir, "org/name")
+    assert fake.calls == []
+
+    weights.write_bytes(bytes(damaged[:-100]) + bytes([damaged[-100] ^ 0xFF]) + bytes(damaged[-99:]))
+    push_folder(run_dir, "org/name")  # intact again
+    assert [name for name, _ in fake.calls] == ["create_repo", "upload_folder"]

@@ -9,6 +9,7 @@ file, and exit code 70 (sysexits' EX_SOFTWARE). `--verbose` shows the traceback 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -39,24 +40,27 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import check_resume
     from trainer.config import load_config
     from trainer.engine import fit
 
     if args.resume:
         run_dir = Path(args.resume)
+        check_resume(run_dir, last_good=args.last_good)  # a damaged config.yaml is named as such, not parsed
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         if cfg.run_dir.resolve() != run_dir.resolve():
             # The run folder may have been moved since it was written: resume where it is now.
-            cfg.output_dir, cfg.name = str(run_dir.parent), run_dir.name
+            cfg = dataclasses.replace(cfg, output_dir=str(run_dir.parent), name=run_dir.name)
     else:
         if args.config is None:
             raise UsageError("fit needs --config FILE.yaml (or --resume RUN_DIR)")
+        if args.last_good:
+            raise UsageError("--last-good chooses a checkpoint to resume from: use it with --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
-        if args.output_dir:
-            cfg.output_dir = args.output_dir
-        if args.name:
-            cfg.name = args.name
-    run_dir = fit(cfg, resume=bool(args.resume), progress=not args.no_progress)
+        cfg = dataclasses.replace(
+            cfg, output_dir=args.output_dir or cfg.output_dir, name=args.name or cfg.name
+        )
+    run_dir = fit(cfg, resume=bool(args.resume), last_good=args.last_good, progress=not args.no_progress)
     print(f"run folder: {run_dir}\nmodel folder: {run_dir / 'model'}")
     return 0
 
@@ -74,10 +78,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from trainer.predict import predict_to_csv
 
-    out = predict_to_csv(
+    summary = predict_to_csv(
         args.model, args.inputs, args.out, batch_size=args.batch_size, revision=args.revision
     )
-    print(f"predictions written to {out}")
+    print(f"{summary}\npredictions written to {summary.out}")
     return 0
 
 
@@ -133,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="YAML config (see configs/)")
     fit.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    fit.add_argument(
+        "--last-good",
+        action="store_true",
+        help="with --resume: if the latest checkpoint is damaged, continue from the previous epoch's",
     )
     fit.add_argument(
         "--output-dir", help="parent folder of the run folder (default: the config's output_dir)"

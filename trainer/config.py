@@ -1,7 +1,10 @@
 """Run configuration: dataclass defaults, overridden by a YAML file, then by `key.path=value` CLI overrides.
 
-The resolved configuration is written next to every run's outputs (`config.yaml`), so a run folder always
-says exactly how it was produced, and `--resume` reads it back.
+The configuration is parsed once, into frozen dataclasses of typed values (`Literal` choices, a `Task`, a
+`Pipeline`), so nothing downstream re-parses it or writes into it. It is checked completely before it is
+rejected: one `ConfigError` lists every problem, each with the line of the YAML file or the CLI override it
+comes from. The resolved configuration is written next to every run's outputs (`config.yaml`), so a run folder
+always says exactly how it was produced, and `--resume` reads it back.
 """
 
 from __future__ import annotations
@@ -10,38 +13,49 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from hub_cards import CardInfo
 from trainer.errors import ChexlabError
-from trainer.labels import TASKS
 from trainer.modeling import HeadConfig
+from trainer.preprocess import Pipeline, PreprocessError, Step
+from trainer.task import Task
 from trainer.transforms import AugmentConfig
 
-LABEL_FORMATS = ("csv", "folder", "nih")
+LabelFormat = Literal["csv", "folder", "nih"]
+Optimizer = Literal["adamw", "adam", "sgd"]
+Schedule = Literal["cosine", "plateau", "constant"]
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
+Monitor = Literal["auc", "loss", "accuracy"]
+ThresholdMethod = Literal["youden", "sensitivity"]
+
+NON_EMPTY = "non-empty"  # `Annotated` marker: a list that must hold at least one item
+
+# A place in the config tree: keys of mappings and indices of lists, e.g. ("train", "phases", 1, "lr").
+TreePath = tuple[str | int, ...]
 
 
 class ConfigError(ChexlabError, ValueError):
-    """A configuration file or override that does not fit the schema."""
+    """A configuration file or override that does not fit the schema; the message lists every problem."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the images and labels are, and how to split them."""
 
-    format: str = "csv"  # csv | folder | nih
+    format: LabelFormat = "csv"
     root: str = ""  # every image path must resolve under this folder
     labels: str | None = None  # the CSV (csv, nih); relative paths are relative to `root`
     path_column: str = "path"
     patient_column: str | None = "patient_id"
     label_column: str | None = None  # single-label CSV (multiclass, or binary with `positive`)
     label_columns: list[str] | None = None  # multilabel 0/1 columns; None = every other column
-    task: str = "multiclass"  # binary | multiclass | multilabel
+    task: Task = Task.MULTICLASS
     positive: str | None = None  # binary from a single label column: the positive value
     normal_label: str | None = None  # binary derived from multilabel: the "normal" column (e.g. No_Finding)
     positive_name: str = "abnormal"
@@ -60,7 +74,7 @@ class DataConfig:
     name: str | None = None  # dataset name for the model card (defaults to the root folder name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """The network: any timm architecture, a head, and where its initial weights come from."""
 
@@ -72,7 +86,7 @@ class ModelConfig:
     input_size: int | None = None  # None = the architecture's own pretrained_cfg size
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhaseConfig:
     """One phase of the schedule (e.g. backbone frozen at a high lr, then everything at a low one)."""
 
@@ -81,39 +95,40 @@ class PhaseConfig:
     freeze_backbone: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation."""
 
-    phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
+    phases: Annotated[list[PhaseConfig], NON_EMPTY] = field(default_factory=lambda: [PhaseConfig()])
     batch_size: int = 32
-    optimizer: str = "adamw"  # adamw | adam | sgd
+    optimizer: Optimizer = "adamw"
     weight_decay: float = 1e-4
+    decay_bias_and_norm: bool = True  # False: timm's grouping, no weight decay on biases and norm weights
     momentum: float = 0.9  # sgd only
-    schedule: str = "cosine"  # cosine | plateau | constant (within each phase)
+    schedule: Schedule = "cosine"  # within each phase
     warmup_epochs: float = 0.0
     grad_accum: int = 1
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
+    mixed_precision: MixedPrecision = "auto"
     class_weights: bool = False  # multiclass: weight classes by inverse frequency
     pos_weight: bool = False  # binary / multilabel: weight positives by negatives / positives
     max_grad_norm: float | None = 1.0
-    monitor: str = "auc"  # validation metric that picks the best epoch: auc | loss | accuracy
+    monitor: Monitor = "auc"  # validation metric that picks the best epoch
     early_stopping_patience: int | None = None  # epochs without improvement before a phase ends
     max_steps_per_epoch: int | None = None  # cap for smoke runs
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """How the trained model is judged."""
 
-    threshold: str = "youden"  # youden | sensitivity  (chosen on the validation split)
+    threshold: ThresholdMethod = "youden"  # chosen on the validation split
     target_sensitivity: float = 0.9
     n_bootstrap: int = 1000
     tta: bool = False  # average predictions over small scale jitters of each image
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a `fit` run needs."""
 
@@ -121,7 +136,7 @@ class RunConfig:
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    preprocess: list[Any] = field(default_factory=list)  # the Pipeline's JSON list form
+    preprocess: Pipeline = field(default_factory=Pipeline)  # YAML: the Pipeline's JSON list form
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -132,137 +147,293 @@ class RunConfig:
         return Path(self.output_dir) / self.name
 
 
-def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+# ------------------------------------------------------------------------------------- where values come from
+
+
+@dataclass
+class _Origins:
+    """Where each part of the config tree was given: a line of the YAML file, or a CLI override."""
+
+    file: str | None = None
+    lines: dict[TreePath, int] = field(default_factory=dict)
+    overrides: dict[TreePath, tuple[int, str]] = field(default_factory=dict)  # (position, KEY=VALUE)
+
+    def set_override(self, path: TreePath, position: int, text: str) -> None:
+        """Override number `position` replaced the subtree at `path`; the file's lines below it are void."""
+        for origins in (self.lines, self.overrides):
+            for known in [p for p in origins if p[: len(path)] == path]:
+                del origins[known]
+        self.overrides[path] = (position, text)
+
+    def locate(self, path: TreePath) -> tuple[str, tuple[int, int]]:
+        """Where the innermost given part of `path` comes from, and a key that sorts file lines first.
+
+        The place is 'FILE line N', "override 'KEY=VALUE'" or '' (a default).
+        """
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            if prefix in self.overrides:
+                position, text = self.overrides[prefix]
+                return f"override '{text}'", (1, position)
+            if prefix in self.lines:
+                return f"{self.file} line {self.lines[prefix]}", (0, self.lines[prefix])
+        return "", (2, 0)
+
+
+def _node_lines(node: yaml.Node, path: TreePath, lines: dict[TreePath, int]) -> None:
+    """Record the 1-based line of every key and list item below `node` (PyYAML's marks are 0-based)."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, key.value if isinstance(key, yaml.ScalarNode) else str(key.value))
+            lines[child] = key.start_mark.line + 1
+            _node_lines(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _node_lines(item, (*path, index), lines)
+
+
+def _read_yaml(path: str | Path, origins: _Origins) -> Any:
+    """The YAML document at `path`, recording the line of each of its keys and items in `origins`."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        tree = loader.construct_document(node) if node is not None else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+    origins.file = str(path)
+    if node is not None:
+        origins.lines[()] = node.start_mark.line + 1
+        _node_lines(node, (), origins.lines)
+    return tree
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `train.batch_size=16` into (["train", "batch_size"], 16); the value is parsed as YAML.
+
+    Raises:
+        ConfigError: not of the form key.path=value, or a value that is not valid YAML.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value (e.g. train.batch_size=16)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({err})") from None
+    return key.strip().split("."), value
+
+
+def _apply_override(tree: dict[str, Any], position: int, text: str, origins: _Origins) -> str | None:
+    """Set override number `position`, `key.path=value`, in `tree`; returns what is wrong with it, or None."""
+    try:
+        path, value = parse_override(text)
+    except ConfigError as err:
+        return str(err)
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+        if part not in node:  # a section this override brings in is its doing
+            origins.overrides[tuple(path[: depth + 1])] = (position, text)
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            section = ".".join(path[: depth + 1])
+            return f"override '{text}': cannot set '{'.'.join(path)}', '{section}' is not a section"
+    node[path[-1]] = value
+    origins.set_override(tuple(path), position, text)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ checking
+
+
+class _Invalid:
+    """A value that did not fit its type; its problem has been recorded."""
+
+
+INVALID = _Invalid()
+
+
+def _did_you_mean(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _name(path: TreePath) -> str:
+    """("train", "phases", 1, "lr") -> "train.phases[1].lr"."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _build(cls: type, values: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion."""
-    if values is None:
-        return cls()
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {type(values).__name__}")
-    types_ = _field_types(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in types_:
-            raise ConfigError(
-                f"unknown config key '{where}{key}'{_did_you_mean(key, list(types_))}; "
-                f"valid keys here: {', '.join(types_)}"
+class _Checker:
+    """Builds typed config values from plain YAML data, recording every problem instead of stopping."""
+
+    def __init__(self, origins: _Origins) -> None:
+        self.origins = origins
+        self._problems: list[tuple[tuple[int, int], str]] = []
+
+    def problem(self, path: TreePath, message: str) -> _Invalid:
+        """Record what is wrong at `path`, with where that part of the config was given."""
+        where, order = self.origins.locate(path)
+        self.add(order, f"{where}: {message}" if where else message)
+        return INVALID
+
+    def add(self, order: tuple[int, int], text: str) -> None:
+        """Record a problem that already says where it is; `order` sorts it among the others."""
+        self._problems.append((order, text))
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem: the file's in line order, then the overrides' in the order given."""
+        return [text for _, text in sorted(self._problems, key=lambda item: item[0])]
+
+    def build(self, cls: type, values: Any, path: TreePath) -> Any:
+        """Dataclass `cls` from a mapping; unknown keys are problems (with a suggestion)."""
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            return self.problem(
+                path, f"{_name(path) or 'the config'} must be a mapping, got {type(values).__name__}"
             )
-        kwargs[key] = _coerce(types_[key], value, f"{where}{key}")
-    try:
-        return cls(**kwargs)
-    except ValueError as err:  # a section's own checks (e.g. HeadConfig, AugmentConfig)
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from None
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        item_types = typing.get_args(tp)
-        if len(item_types) != len(value):
-            raise ConfigError(f"{where} must have {len(item_types)} items, got {value!r}")
-        return tuple(
-            _coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(item_types, value, strict=True))
-        )
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        (item_type,) = typing.get_args(tp) or (Any,)
-        return [_coerce(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+        types_ = _field_types(cls)
+        kwargs, valid = {}, True
+        for key, value in values.items():
+            child = (*path, key)
+            if key not in types_:
+                self.problem(
+                    child,
+                    f"unknown config key '{_name(child)}'{_did_you_mean(str(key), list(types_))}; "
+                    f"valid keys here: {', '.join(types_)}",
+                )
+                valid = False
+                continue
+            kwargs[key] = self.coerce(types_[key], value, child)
+            valid = valid and kwargs[key] is not INVALID
+        if not valid:
+            return INVALID
         try:
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-        except ValueError:
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} must be of type {tp.__name__}, got {value!r}")
-    return value
+            return cls(**kwargs)
+        except ValueError as err:  # the section's own checks (e.g. augment ranges, the head type)
+            # Their messages name the field ("augment.rotation must be ..."): point at its line.
+            named = [(*path, key) for key in kwargs if f"{_name((*path, key))} " in f"{err} "]
+            return self.problem(named[0] if len(named) == 1 else path, str(err))
 
+    def coerce(self, tp: Any, value: Any, path: TreePath) -> Any:
+        """`value` as type `tp`, or INVALID (with its problem recorded)."""
+        origin, args, name = typing.get_origin(tp), typing.get_args(tp), _name(path)
+        if origin is Annotated:
+            inner = self.coerce(args[0], value, path)
+            if NON_EMPTY in args[1:] and inner is not INVALID and not inner:
+                return self.problem(path, f"{name} must list at least one item")
+            return inner
+        if tp is Pipeline:
+            return self.pipeline(value, path)
+        if dataclasses.is_dataclass(tp):
+            return self.build(typing.cast(type, tp), value, path)
+        if origin in (types.UnionType, typing.Union):
+            if value is None and type(None) in args:
+                return None
+            return self.coerce(next(a for a in args if a is not type(None)), value, path)
+        if origin is Literal or (isinstance(tp, type) and issubclass(tp, Enum)):
+            choices = [str(a) for a in args] if origin is Literal else [member.value for member in tp]
+            if isinstance(value, str) and value in choices:
+                return tp(value) if origin is not Literal else value
+            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+            return self.problem(path, f"{name} must be one of {', '.join(choices)}, got {value!r}{hint}")
+        if origin in (tuple, list):
+            if not isinstance(value, list | tuple):
+                return self.problem(path, f"{name} must be a list, got {value!r}")
+            if origin is tuple and len(args) != len(value):
+                return self.problem(path, f"{name} must have {len(args)} items, got {value!r}")
+            item_types = args if origin is tuple else [args[0] if args else Any] * len(value)
+            items = [
+                self.coerce(t, v, (*path, i)) for i, (t, v) in enumerate(zip(item_types, value, strict=True))
+            ]
+            if any(item is INVALID for item in items):
+                return INVALID
+            return origin(items)
+        return self.scalar(tp, value, path)
 
-def _validate(cfg: RunConfig) -> None:
-    if cfg.data.task not in TASKS:
-        raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got '{cfg.data.task}'")
-    if cfg.data.format not in LABEL_FORMATS:
-        raise ConfigError(f"data.format must be one of {', '.join(LABEL_FORMATS)}, got '{cfg.data.format}'")
-    if not cfg.train.phases:
-        raise ConfigError("train.phases must list at least one phase")
-    choices = {
-        "train.optimizer": (cfg.train.optimizer, ("adamw", "adam", "sgd")),
-        "train.schedule": (cfg.train.schedule, ("cosine", "plateau", "constant")),
-        "train.mixed_precision": (cfg.train.mixed_precision, ("auto", "no", "fp16", "bf16")),
-        "train.monitor": (cfg.train.monitor, ("auc", "loss", "accuracy")),
-        "eval.threshold": (cfg.eval.threshold, ("youden", "sensitivity")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(valid)}, got '{value}'{_did_you_mean(value, valid)}"
-            )
-    from trainer.preprocess import Pipeline  # validates op names and parameters with their own messages
+    def scalar(self, tp: Any, value: Any, path: TreePath) -> Any:
+        name = _name(path)
+        if tp is Any:
+            return value
+        if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            except ValueError:
+                return self.problem(path, f"{name} must be a number, got {value!r}")
+        if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            return self.problem(path, f"{name} must be of type {tp.__name__}, got {value!r}")
+        return value
 
-    Pipeline.from_list(cfg.preprocess)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `train.batch_size=16` into (["train", "batch_size"], 16); the value is parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override '{text}' is not of the form key.path=value (e.g. train.batch_size=16)")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
-
-
-def _set_path(tree: dict, path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set '{'.'.join(path)}': '{part}' is not a section")
-    node[path[-1]] = value
+    def pipeline(self, value: Any, path: TreePath) -> Pipeline | _Invalid:
+        """A Pipeline from its JSON list form; every bad step is its own problem."""
+        if value is None:
+            return Pipeline()
+        if not isinstance(value, list):
+            return self.problem(path, f"{_name(path)} must be a list of preprocessing steps, got {value!r}")
+        steps: list[Step | _Invalid] = []
+        for index, spec in enumerate(value):
+            try:
+                steps.append(Step.from_spec(spec))
+            except PreprocessError as err:
+                steps.append(self.problem((*path, index), f"{_name((*path, index))}: {err}"))
+        if any(isinstance(step, _Invalid) for step in steps):
+            return INVALID
+        return Pipeline(tuple(typing.cast(list[Step], steps)))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the YAML file at `path`, then `key.path=value` overrides; validated.
+    """Defaults, then the YAML file at `path`, then `key.path=value` overrides; checked completely.
 
     Raises:
-        ConfigError: an unknown key (with a "did you mean"), a wrong type or an invalid choice.
+        ConfigError: a missing or unparsable file, or every unknown key (with a "did you mean"), wrong type,
+            invalid choice and bad preprocessing step at once, each with its file line or override.
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    for text in overrides or []:
-        _set_path(tree, *parse_override(text))
-    cfg = _build(RunConfig, tree, "")
-    _validate(cfg)
+    origins = _Origins()
+    tree = _read_yaml(path, origins) if path is not None else {}
+    checker = _Checker(origins)
+    if isinstance(tree, dict):
+        for position, text in enumerate(overrides or []):
+            trouble = _apply_override(tree, position, text, origins)
+            if trouble is not None:
+                checker.add((1, position), trouble)
+    cfg = checker.build(RunConfig, tree, ())
+    if checker.problems:
+        count = len(checker.problems)
+        if count == 1:
+            raise ConfigError(checker.problems[0])
+        raise ConfigError(
+            f"{count} problems in the configuration:\n" + "\n".join(f"  - {p}" for p in checker.problems)
+        )
     return cfg
 
 
+# ------------------------------------------------------------------------------------------------ writing
+
+
 def _plain(value: Any) -> Any:
+    if isinstance(value, Pipeline):
+        return value.to_list()
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -271,8 +442,8 @@ def _plain(value: Any) -> Any:
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The config as plain data (what `config.yaml` holds)."""
-    return _plain(dataclasses.asdict(cfg))
+    """The config as plain data (what `config.yaml` holds): the pipeline as its list, the task as its name."""
+    return _plain(cfg)
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +34,7 @@ __all__ = ["XRayDataset", "check_files", "make_loaders"]
 logger = logging.getLogger(__name__)
 
 # Bump whenever load_xray, the preprocessing ops or fit_to_input change their output (old cache files miss).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def check_files(table: LabelTable, *, decode: bool = True, workers: int | None = None) -> None:
@@ -84,10 +85,11 @@ def check_files(table: LabelTable, *, decode: bool = True, workers: int | None =
     logger.info("checked %d images in %.1f s", len(table), time.perf_counter() - started)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    # Through a handle: np.save given a path not ending in .npy (atomic_write's temporary) appends .npy.
+def _save_npz(path: Path, array: np.ndarray) -> None:
+    # An uncompressed zip: its CRC-32 makes reading a damaged cache file fail instead of training on it.
+    # Through a handle: np.savez given a path not ending in .npz (atomic_write's temporary) appends .npz.
     with path.open("wb") as handle:
-        np.save(handle, array)
+        np.savez(handle, image=array)
 
 
 class XRayDataset(Dataset):
@@ -98,7 +100,8 @@ class XRayDataset(Dataset):
     ``to_model_tensor``. Items are ``(image (3, S, S) float32, target, index)``; the target is a float32
     scalar (binary), an int64 scalar (multiclass) or a float32 (C,) vector with NaN = unknown (multilabel).
 
-    The cache stores the fitted image as uint16 ``.npy`` under ``cache_dir``, keyed by the file's path,
+    The cache stores the fitted image as uint16 ``.npz`` (checked by its CRC-32 on every read; a damaged
+    file is recomputed) under ``cache_dir``, keyed by the file's path,
     modification time and size, the pipeline JSON and the input size; with a cache the returned image is the
     16-bit-quantised one whether it was a hit or a miss, so cached and fresh items are identical. The dataset
     holds no open files and pickles, so DataLoader workers (fork or spawn) can use it.
@@ -156,19 +159,20 @@ class XRayDataset(Dataset):
                 ]
             ).encode()
         ).hexdigest()
-        cache_file = self.cache_dir / key[:2] / f"{key}.npy"
+        cache_file = self.cache_dir / key[:2] / f"{key}.npz"
         try:
-            stored = np.load(cache_file, allow_pickle=False)
+            with np.load(cache_file, allow_pickle=False) as archive:
+                stored = archive["image"]
         except FileNotFoundError:
             stored = None
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             logger.warning("ignoring unreadable cache file %s (%s)", cache_file, exc)
             stored = None
         size = self.spec.size
         if stored is None or stored.shape != (size, size) or stored.dtype != np.uint16:
             stored = np.round(self._compute(index) * 65535.0).astype(np.uint16)
             try:
-                atomic_write(cache_file, lambda tmp: _save_npy(tmp, stored))
+                atomic_write(cache_file, lambda tmp: _save_npz(tmp, stored))
             except OSError as exc:
                 warnings.warn(
                     f"cannot write the preprocessing cache in {self.cache_dir} ({exc.strerror}); "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,15 +22,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer import run_data
 from trainer.checkpoint import (
+    BEST_WEIGHTS,
     TrainState,
+    adopt,
     atomic_write,
-    load_checkpoint,
+    check_resume,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -42,7 +49,7 @@ from trainer.task import Task
 
 log = logging.getLogger(__name__)
 
-BEST_WEIGHTS = "best.safetensors"
+TENSORBOARD_DIR = "tb"
 HISTORY_COLUMNS = (
     "epoch",
     "phase",
@@ -54,6 +61,12 @@ HISTORY_COLUMNS = (
     "images_per_s",
     "seconds",
 )
+
+
+# Test hook: with CHEXLAB_PAUSE_AT=EPOCH:BATCH (1-based), a run logs PAUSE_MESSAGE after that batch's update
+# and waits until its stdin closes, so a test can act (e.g. kill it) at a point the run itself reports.
+PAUSE_ENV = "CHEXLAB_PAUSE_AT"
+PAUSE_MESSAGE = "paused at epoch %d, batch %d"
 
 
 class TrainingDiverged(ChexlabError, RuntimeError):
@@ -68,35 +81,69 @@ def _mixed_precision(setting: str) -> str:
     return "no"  # CPU autocast is slower than fp32 on most CPUs
 
 
-def make_optimizer(params: list[nn.Parameter], train: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD (Nesterov) over `params`."""
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(
-        params, lr=lr, momentum=train.momentum, nesterov=True, weight_decay=train.weight_decay
+def make_optimizer(model: nn.Module, train: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer factory (AdamW, Adam or Nesterov SGD) over the trainable parameters of `model`."""
+    return create_optimizer_v2(
+        model,
+        opt=train.optimizer,
+        lr=lr,
+        weight_decay=train.weight_decay,
+        momentum=train.momentum,
+        filter_bias_and_bn=not train.decay_bias_and_norm,
     )
 
 
+class PlateauSchedule(Scheduler):
+    """torch's ReduceLROnPlateau on the validation loss, once per epoch, behind timm's scheduler interface.
+
+    timm's own PlateauLRScheduler is deprecated and leaves its patience counters out of `state_dict`, so a
+    resumed run would forget them.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(optimizer, "lr")
+        self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.3, patience=1
+        )
+
+    def _get_lr(self, t: int) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        if metric is not None:
+            self._plateau.step(metric)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._plateau.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._plateau.load_state_dict(state_dict)
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Per-step linear warm-up then cosine decay (or constant); or per-epoch reduce-on-plateau."""
+    optimizer: torch.optim.Optimizer, train: TrainConfig, updates_per_epoch: int, epochs: int
+) -> Scheduler:
+    """Linear warm-up, then cosine decay to 0 (or constant) per optimiser update; or plateau per epoch.
+
+    The caller calls `step_update(updates so far)` after every optimiser update and `step(epoch, val_loss)`
+    after every epoch; each schedule acts on the calls it is made for.
+    """
     if train.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.3, patience=1)
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, round(train.warmup_epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if train.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return PlateauSchedule(optimizer)
+    total = max(1, updates_per_epoch * epochs)
+    warmup = min(total - 1, round(train.warmup_epochs * updates_per_epoch))
+    # timm counts in "epochs" of one update each here: the warm-up is a whole number of updates.
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=train.schedule,
+        num_epochs=total - warmup,
+        warmup_epochs=warmup,
+        warmup_lr=optimizer.param_groups[0]["lr"] / (warmup + 1),
+        warmup_prefix=True,
+        step_on_epochs=False,
+        updates_per_epoch=1,
+    )
+    return scheduler
 
 
 def _score(metrics: dict[str, float | None], monitor: str) -> float | None:
@@ -112,17 +159,20 @@ def train_one_epoch(
     loader: DataLoader,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: Scheduler,
     accelerator: Accelerator,
     *,
     task: Task,
     epoch: int,
+    updates: int,
     max_steps: int | None,
     max_grad_norm: float | None,
     progress: bool,
     describe_batch: Any,
-) -> tuple[float, float]:
-    """One pass over `loader`; returns (mean loss, images per second).
+) -> tuple[float, float, int]:
+    """One pass over `loader`; returns (mean loss, images per second, optimiser updates in the phase so far).
+
+    `updates` counts the phase's optimiser updates before this epoch; the schedule follows that count.
 
     Raises:
         TrainingDiverged: the loss is NaN/inf (the message names the epoch, batch and its images).
@@ -155,10 +205,9 @@ def train_one_epoch(
                 accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             # The schedule counts optimiser updates, not micro-batches of gradient accumulation.
-            if accelerator.sync_gradients and not isinstance(
-                scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-            ):
-                scheduler.step()
+            if accelerator.sync_gradients:
+                updates += 1
+                scheduler.step_update(updates)
             optimizer.zero_grad(set_to_none=True)
         batch = images.shape[0] * accelerator.num_processes
         total_loss += loss.item() * images.shape[0]
@@ -166,9 +215,12 @@ def train_one_epoch(
         rate = seen / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
         bar.update(1)
+        if os.environ.get(PAUSE_ENV) == f"{epoch + 1}:{step + 1}":
+            log.warning(PAUSE_MESSAGE, epoch + 1, step + 1)
+            sys.stdin.read()
     bar.close()
     elapsed = time.perf_counter() - start
-    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9)
+    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9), updates
 
 
 @torch.no_grad()
@@ -233,25 +285,36 @@ def _phase_bounds(phases: list[PhaseConfig]) -> list[tuple[int, int]]:
     return bounds
 
 
-def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+def fit(cfg: RunConfig, *, resume: bool = False, last_good: bool = False, progress: bool = True) -> Path:
     """Train, validate, checkpoint, evaluate and export one run; returns the run folder.
 
     Args:
         cfg: the resolved run configuration (for `resume`, the one saved in the run folder).
-        resume: continue from RUN_DIR/checkpoint.pt instead of starting afresh.
+        resume: continue from RUN_DIR/checkpoint.pt instead of starting afresh; the checkpoint and every
+            file it vouches for are verified before any work starts.
+        last_good: with `resume`, continue from the previous epoch's checkpoint if the latest is damaged.
         progress: show a progress bar (main process only).
+
+    Raises:
+        CheckpointError: (resume) a damaged or changed run file; the message says which and what to do.
     """
     run_dir = cfg.run_dir
+    point = check_resume(run_dir, last_good=last_good) if resume else None
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with="tensorboard",
+        project_dir=str(run_dir),
     )
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if point is None:
             save_config(cfg, run_dir / "config.yaml")
+        else:
+            adopt(point)
+            _write_history(run_dir, point.payload["state"]["history"])  # rewritten, never read back
     accelerator.wait_for_everyone()
 
     data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
@@ -264,7 +327,8 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         label_names=data.label_names,
         new_head=cfg.model.new_head,
     )
-    loaders = run_data.loaders(cfg, data, model)
+    spec = run_data.input_spec(model, cfg.model.input_size)
+    loaders = run_data.loaders(cfg, data, spec)
     loss_fn = data.task.loss(
         data.targets("train"),
         data.num_outputs,
@@ -274,14 +338,14 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
 
     state = TrainState()
     checkpoint: dict[str, Any] | None = None
-    if resume:
-        checkpoint = load_checkpoint(run_dir)
+    if point is not None:
+        checkpoint = point.payload
         model.load_state_dict(checkpoint["model"])
         state = TrainState(**checkpoint["state"])
         restore_rng_state(checkpoint["rng"])
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
 
-    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    accelerator.init_trackers(TENSORBOARD_DIR)  # RUN_DIR/tb; trackers log on the main process only
     started = time.perf_counter()
     for phase_index, (phase, (first, end)) in enumerate(
         zip(cfg.train.phases, _phase_bounds(cfg.train.phases), strict=True)
@@ -291,8 +355,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         if state.epoch <= first:
             state.bad_epochs = 0  # patience counts within a phase
         freeze_backbone(model, phase.freeze_backbone)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, cfg.train, phase.lr)
+        optimizer = make_optimizer(model, cfg.train, phase.lr)
         # Each process sees its shard of the batches once the loader is prepared for several processes.
         steps = math.ceil(len(loaders["train"]) / accelerator.num_processes)
         if cfg.train.max_steps_per_epoch is not None:
@@ -300,16 +363,18 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         scheduler = make_scheduler(
             optimizer, cfg.train, math.ceil(steps / cfg.train.grad_accum), phase.epochs
         )
+        updates = 0
         if checkpoint is not None and checkpoint["phase"] == phase_index:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
+            updates = checkpoint["updates"]
         prepared_model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, loaders["train"], loaders["val"]
         )
         for epoch in range(max(state.epoch, first), end):
             train_loader.set_epoch(epoch)
             epoch_start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-            train_loss, rate = train_one_epoch(
+            train_loss, rate, updates = train_one_epoch(
                 prepared_model,
                 train_loader,
                 loss_fn,
@@ -318,6 +383,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                 accelerator,
                 task=data.task,
                 epoch=epoch,
+                updates=updates,
                 max_steps=cfg.train.max_steps_per_epoch,
                 max_grad_norm=cfg.train.max_grad_norm,
                 progress=progress,
@@ -326,8 +392,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
             probs, targets, _ = predict_loader(prepared_model, val_loader, accelerator, task=data.task)
             val = validation_metrics(data.task, data.label_names, targets, probs)
             val["loss"] = validation_loss(loss_fn, data.task, probs, targets)
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val["loss"])
+            scheduler.step(epoch + 1 - first, val["loss"])
             row = {
                 "epoch": epoch + 1,
                 "phase": phase_index + 1,
@@ -359,23 +424,20 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                 state.epoch, state.bad_epochs = end, 0
             if accelerator.is_main_process:
                 weights = accelerator.unwrap_model(prepared_model).state_dict()
-                if improved:
-                    atomic_write(
-                        run_dir / BEST_WEIGHTS, lambda tmp, w=weights: save_file(_contiguous(w), str(tmp))
-                    )
                 save_checkpoint(
                     run_dir,
                     {
                         "model": weights,
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        "updates": updates,
                         "phase": phase_index,
                         "state": asdict(state),
                         "rng": rng_state(),
                     },
+                    best_weights=weights if improved else None,
                 )
                 _write_history(run_dir, state.history)
-                _log_epoch(writer, row)
                 log.info(
                     "epoch %d/%d: train loss %.4f, val loss %.4f, val auc %s, %.1f img/s",
                     epoch + 1,
@@ -385,14 +447,13 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
                     val.get("auc"),
                     rate,
                 )
+            accelerator.log(_scalars(row), step=row["epoch"])
             accelerator.wait_for_everyone()
             if stop_phase:
                 break
         # Phases rebuild the optimizer over a different parameter set; drop the old wrappers first.
         accelerator.free_memory()
         checkpoint = None
-    if writer is not None:
-        writer.close()
 
     if (run_dir / BEST_WEIGHTS).is_file():
         model.load_state_dict(load_file(str(run_dir / BEST_WEIGHTS)))
@@ -409,25 +470,18 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
         predictions[split] = Predictions(probs, targets, data.rows(split)[indices])
         accelerator.free_memory()
     if accelerator.is_main_process:
-        finish_run(cfg, data, model, predictions, state, seconds=time.perf_counter() - started)
+        finish_run(
+            cfg, data, model, predictions, state, input_size=spec.size, seconds=time.perf_counter() - started
+        )
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the TensorBoard writer
     return run_dir
 
 
-def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(run_dir / "tb"))
-
-
-def _log_epoch(writer: Any, row: dict[str, Any]) -> None:
-    if writer is None:
-        return
-    for key, value in row.items():
-        if key not in ("epoch", "phase") and value is not None:
-            writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
-    writer.flush()
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch's history row as TensorBoard scalars ("train/loss", "val/auc", ...) without undefined ones."""
+    return {
+        key.replace("_", "/", 1): value
+        for key, value in row.items()
+        if key not in ("epoch", "phase") and value is not None
+    }

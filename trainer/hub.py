@@ -1,22 +1,28 @@
 """Publishing a model folder to the Hugging Face Hub: a thin step over a local folder.
 
-`push_folder` re-renders the card (given a run folder), checks that the folder loads and gives finite
-outputs, lists exactly what will be sent, and only then creates the repository and uploads the folder in
-one commit. Nothing in the local folder is changed by the upload, so a failed or interrupted push can simply
-be run again. The access token comes from `HF_TOKEN` or `hf auth login` and goes only to huggingface_hub:
-it is never logged, printed or written anywhere.
+`push_folder` renders the card for the target repo (given a run folder) into a staging copy of the model
+folder, checks that it loads and gives finite outputs, lists exactly what will be sent, and only then creates
+the repository and uploads the copy in one commit. The local folder is never changed, whether the push
+succeeds, fails or is a dry run, so a failed or interrupted push can simply be run again. The access token
+comes from `HF_TOKEN` or `hf auth login` and goes only to huggingface_hub: it is never logged, printed or
+written anywhere.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors (refused, reset, timeout) are not wrapped
 import torch
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitInfo, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -24,6 +30,7 @@ from hub_cards import write_card
 from trainer import __version__
 from trainer.errors import ChexlabError
 from trainer.export import ModelLoadError, load_model
+from trainer.integrity import damaged_files
 from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, is_pickle_name
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,7 @@ class PushResult:
     """What a push sent (or, for a dry run, would send)."""
 
     repo_id: str
-    folder: Path  # the model folder uploaded
+    folder: Path  # the local model folder (what is sent is a staging copy of it, with the rendered card)
     files: tuple[tuple[str, int], ...]  # (path relative to the folder, size in bytes), sorted
     private: bool
     create_pr: bool
@@ -145,6 +152,37 @@ def check_reload(folder: Path) -> None:
         raise PushError("the reloaded model gives non-finite logits on a dummy input; not pushed")
 
 
+@contextmanager
+def staged(model_dir: Path, run_dir: Path | None, repo_id: str) -> Iterator[Path]:
+    """The folder to upload: `model_dir` itself, or for a run a temporary copy with the card rendered for
+    `repo_id` (README.md and plots/); the copy is removed afterwards and `model_dir` is never written.
+
+    Large files are hard-linked into the copy where the file system allows it (nothing writes to them);
+    README.md and plots/, which the card rewrites, are real copies.
+    """
+    if run_dir is None:
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="chexlab-push-") as tmp:
+        staging = Path(tmp) / model_dir.name
+        for path in sorted(model_dir.rglob("*")):
+            relative = path.relative_to(model_dir)
+            target = staging / relative
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if relative.parts[0] in ("README.md", "plots"):
+                shutil.copy2(path, target)
+            else:
+                try:
+                    os.link(path, target)
+                except OSError:  # another file system, or no hard links: copy
+                    shutil.copy2(path, target)
+        write_card(run_dir, staging, repo_id=repo_id)
+        yield staging
+
+
 def push_folder(
     folder: str | Path,
     repo_id: str,
@@ -163,8 +201,7 @@ def push_folder(
         private: create the repository private (an existing repository keeps its visibility).
         create_pr: open a pull request instead of committing directly.
         revision: the branch to commit to (created from main if missing) or, with `create_pr`, the PR's base.
-        dry_run: check and list what would be sent (a run folder's card is still re-rendered locally); no
-            network, no token needed.
+        dry_run: check and list what would be sent; no network, no token needed.
         token: a Hugging Face token; default `HF_TOKEN` or the `hf auth login` token.
 
     Returns:
@@ -182,40 +219,55 @@ def push_folder(
     if "/" not in repo_id:
         raise PushError(f"repo id '{repo_id}' needs a namespace: org/name or user/name")
     model_dir, run_dir = model_folder(folder)
-    if run_dir is not None:
-        write_card(run_dir, model_dir, repo_id=repo_id)
-    check_reload(model_dir)
-    files = list_upload(model_dir)
-    result = PushResult(repo_id, model_dir, files, private, create_pr, revision, dry_run)
-    if dry_run:
-        log.info("dry run: %d files would go to %s", len(files), repo_id)
-        return result
-
-    token = token or get_token()
-    if not token:
+    damage = damaged_files(run_dir, under=model_dir.name) if run_dir is not None else []
+    if damage:
         raise PushError(
-            "no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)"
+            "the model folder changed or was damaged after the run finished, so it was not pushed:\n"
+            + "\n".join(f"  - {problem}" for problem in damage)
+            + "\nrestore those files from a backup, or train the run again"
         )
+    with staged(model_dir, run_dir, repo_id) as upload_dir:
+        check_reload(upload_dir)
+        files = list_upload(upload_dir)
+        result = PushResult(repo_id, model_dir, files, private, create_pr, revision, dry_run)
+        if dry_run:
+            log.info("dry run: %d files would go to %s", len(files), repo_id)
+            return result
+        token = token or get_token()
+        if not token:
+            raise PushError(
+                "no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)"
+            )
+        commit = _upload(upload_dir, result, token)
+    url = commit.pr_url if create_pr else commit.commit_url
+    log.info("pushed %s to %s: %s", model_dir, repo_id, url)
+    return PushResult(repo_id, model_dir, files, private, create_pr, revision, dry_run, url=url)
+
+
+def _upload(upload_dir: Path, push: PushResult, token: str) -> CommitInfo:
+    """Create the repository (and branch) and upload exactly `push.files` from `upload_dir` in one commit.
+
+    Raises:
+        PushError: a Hub or network error (nothing local was changed; safe to run again).
+    """
+    repo_id, private, create_pr, revision = push.repo_id, push.private, push.create_pr, push.revision
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision and not create_pr:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
+        return api.upload_folder(
             repo_id=repo_id,
-            folder_path=model_dir,
+            folder_path=upload_dir,
             repo_type="model",
             revision=revision,
             create_pr=create_pr,
             commit_message=f"Upload chexlab model ({__version__})",
             # Exactly the listed files (escaped: a file name may hold glob characters).
-            allow_patterns=[glob.escape(name) for name, _ in files],
+            allow_patterns=[glob.escape(name) for name, _ in push.files],
         )
     except (HfHubHTTPError, httpx2.HTTPError, OSError) as err:
         raise PushError(
-            f"push to {repo_id} failed: {err}. The local folder {model_dir} is unchanged; "
+            f"push to {repo_id} failed: {err}. The local folder {push.folder} is unchanged; "
             "run the same command again (a repeated upload only sends what is missing)"
         ) from err
-    url = commit.pr_url if create_pr else commit.commit_url
-    log.info("pushed %s to %s: %s", model_dir, repo_id, url)
-    return PushResult(repo_id, model_dir, files, private, create_pr, revision, dry_run, url=url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +53,19 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class PredictionSummary:
+    """What `predict_to_csv` did: the CSV written, and how many images it predicted and could not read."""
+
+    out: Path
+    predicted: int
+    unreadable: int
+
+    def __str__(self) -> str:
+        text = f"predicted {self.predicted} of {self.predicted + self.unreadable} images"
+        return text + (f"; {self.unreadable} unreadable (see the error column)" if self.unreadable else "")
+
+
 def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
     for start in range(0, len(paths), size):
         yield paths[start : start + size]
@@ -64,10 +78,11 @@ def predict_to_csv(
     *,
     batch_size: int = 16,
     revision: str | None = None,
-) -> Path:
+) -> PredictionSummary:
     """Predict every input and write one CSV row per image: probabilities, decision, warnings or the error.
 
-    An unreadable image gets a row with its error message instead of stopping the whole batch.
+    An unreadable image gets a row with its error message instead of stopping the whole batch; the summary
+    counts both kinds.
     """
     model, info = load_model(model_source, revision=revision)
     spec = InputSpec.from_data_config(info.data_config)
@@ -75,6 +90,7 @@ def predict_to_csv(
     names = info.task.output_names(info.label_names, info.negative_name)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    unreadable = 0
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", *(f"prob_{n}" for n in names), "decision", "warnings", "error"])
@@ -85,6 +101,7 @@ def predict_to_csv(
                     xray = load_xray(path)
                 except XRayReadError as err:
                     writer.writerow([str(path), *([""] * len(names)), "", "", str(err)])
+                    unreadable += 1
                     continue
                 prepared = prepare_input(xray.pixels, info.pipeline, spec)
                 ready.append((path, [*xray.warnings, *prepared.warnings]))
@@ -104,5 +121,6 @@ def predict_to_csv(
                         "",
                     ]
                 )
-    log.info("predicted %d images with %s", len(paths), model_source)
-    return out
+    summary = PredictionSummary(out, len(paths) - unreadable, unreadable)
+    log.info("%s with %s into %s", summary, model_source, out)
+    return summary

@@ -16,9 +16,9 @@ from torch import nn
 from trainer import __version__
 from trainer.checkpoint import TrainState, atomic_write
 from trainer.config import RunConfig
+from trainer.integrity import write_checksums
 from trainer.metrics import choose_thresholds, evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc, plot_training_curves
-from trainer.preprocess import Pipeline
 
 if TYPE_CHECKING:
     from trainer.run_data import RunData
@@ -84,14 +84,18 @@ def finish_run(
     predictions: dict[str, Predictions],
     state: TrainState,
     *,
+    input_size: int,
     seconds: float,
 ) -> dict[str, Any]:
-    """Choose thresholds on val, evaluate val and test, write metrics/plots/run.json and the model folder."""
+    """Choose thresholds on val, evaluate val and test, write metrics/plots/run.json and the model folder.
+
+    `input_size` is the side the model was trained at.
+    """
     from hub_cards import write_card
     from trainer.export import save_pretrained
 
     run_dir = cfg.run_dir
-    pipeline = Pipeline.from_list(cfg.preprocess)
+    pipeline = cfg.preprocess
     val = predictions["val"]
     thresholds = choose_thresholds(
         data.task,
@@ -135,7 +139,7 @@ def finish_run(
             "batch_size": cfg.train.batch_size,
             "optimizer": cfg.train.optimizer,
             "schedule": cfg.train.schedule,
-            "input_size": data.input_size,
+            "input_size": input_size,
             "pipeline": pipeline.to_list(),
             "augment": asdict(cfg.augment),
             "tta": cfg.eval.tta,
@@ -163,10 +167,11 @@ def finish_run(
         pipeline=pipeline,
         thresholds=thresholds,
         head=cfg.model.head,
-        input_size=data.input_size,
+        input_size=input_size,
         metrics_summary={split: m["headline"] for split, m in metrics.items()},
         data_summary=dataset,
     )
     write_card(run_dir, model_dir)
+    write_checksums(run_dir)  # last: it lists every file above
     log.info("run finished: %s (test AUC %s)", run_dir, metrics["test"]["headline"]["auc"]["value"])
     return metrics

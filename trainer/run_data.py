@@ -21,7 +21,6 @@ from trainer.label_readers import read_csv_labels, read_folder_labels
 from trainer.labels import DataError, LabelTable, derive_binary, select_findings
 from trainer.modeling import model_data_config
 from trainer.nih import read_nih_labels
-from trainer.preprocess import Pipeline
 from trainer.splits import patient_split, read_split, write_split
 from trainer.task import Task
 from trainer.transforms import InputSpec, TrainAugment
@@ -98,7 +97,6 @@ class RunData:
     table: LabelTable
     split: np.ndarray
     name: str
-    input_size: int | None = None
 
     @property
     def task(self) -> Task:
@@ -174,15 +172,13 @@ def input_spec(model: nn.Module, input_size: int | None) -> InputSpec:
     return spec if input_size is None else InputSpec(input_size, spec.mean, spec.std)
 
 
-def loaders(cfg: RunConfig, data: RunData, model: nn.Module) -> dict[str, DataLoader]:
-    """Train (shuffled, augmented), val and test loaders; items carry split-local positions."""
-    spec = input_spec(model, cfg.model.input_size)
-    data.input_size = spec.size
+def loaders(cfg: RunConfig, data: RunData, spec: InputSpec) -> dict[str, DataLoader]:
+    """Train (shuffled, augmented), val and test loaders for `spec`; items carry split-local positions."""
     return make_loaders(
         data.table,
         data.split,
         spec,
-        pipeline=Pipeline.from_list(cfg.preprocess),
+        pipeline=cfg.preprocess,
         augment=TrainAugment(cfg.augment),
         batch_size=cfg.train.batch_size,
         num_workers=cfg.data.num_workers,
