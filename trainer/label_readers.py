@@ -1,9 +1,11 @@
-"""Label tables from a folder per class or from a label CSV.
+"""Label tables from a folder per class or from a label CSV, and labels from the columns of any table.
 
 * :func:`read_folder_labels` - one sub-folder per class.
 * :func:`read_csv_labels` - a CSV with a path column, an optional patient column and either one label column
-  (multiclass, or binary with ``positive=``/``negative=``) or one 0/1 column per finding (multilabel; blank =
-  unknown).
+  (multiclass, or binary with ``positive=``/``negative=``; with ``task="multilabel"`` a findings column
+  joined by "|"), or one 0/1 column per finding (multilabel; blank = unknown).
+* :func:`labels_from_columns` - the same label rules on a DataFrame, for the readers of other formats
+  (:mod:`trainer.hf_datasets`, :mod:`trainer.tfrecords`).
 
 NIH ChestX-ray14's own files are read by :func:`trainer.nih.read_nih_labels`.
 
@@ -11,8 +13,10 @@ Paths. Every table has a data root. Relative paths in a CSV are resolved against
 the CSV's folder; when a file is not found there but is found relative to the CSV's folder, that one is used
 (so a CSV kept beside its images works with any root). Absolute paths are kept as written. A path that ends up
 outside the root (``..``, an absolute path elsewhere, a symlink pointing out) is reported by
-:func:`trainer.data.check_files`, which also reports missing and undecodable images - all of them in one
+:func:`trainer.file_check.check_files`, which also reports missing and unreadable images - all of them in one
 :class:`~trainer.labels.DataError`, before training starts.
+
+Everything here works on whole columns (pandas, numpy), so 100k-row label files read in about a second.
 """
 
 from __future__ import annotations
@@ -23,14 +27,24 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from trainer.image_sources import FileImages
 from trainer.labels import TASKS, DataError, LabelTable, did_you_mean, loose_key, problem_report
 
-__all__ = ["IMAGE_SUFFIXES", "read_csv_labels", "read_folder_labels"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Labels",
+    "labels_from_columns",
+    "patients_from_pattern",
+    "read_csv_labels",
+    "read_folder_labels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +53,39 @@ PATH_COLUMNS = ("path", "image_path", "image", "file", "filename", "image_index"
 PATIENT_COLUMNS = ("patient_id", "patient", "Patient ID", "subject_id", "subject")
 _LABEL_COLUMNS = ("label", "class", "target", "diagnosis")
 _DEFAULT_PATIENT_COLUMN = "patient_id"
+# 0/1 label cells as written in CSVs; blank = unknown.
+_ZERO_ONE_CELLS = {"": np.nan, "0": 0.0, "0.0": 0.0, "1": 1.0, "1.0": 1.0}
+
+Where = Callable[[int], str]
+"""Row position -> where it is, for messages ("line 12", "train#5")."""
+
+
+class RowProblems(DataError):
+    """Problems of single rows, reported together in row order: (row position, message) pairs."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[int, str]], advice: str = "") -> None:
+        self.source, self.problems, self.advice = source, sorted(problems), advice
+        super().__init__(
+            problem_report(f"{source}: {len(self.problems)} problems", [p for _, p in self.problems], advice)
+        )
+
+    def plus(self, more: Sequence[tuple[int, str]]) -> RowProblems:
+        """These problems and ``more``, in one report."""
+        return RowProblems(self.source, [*self.problems, *more], self.advice)
 
 
 # ----------------------------------------------------------------------------------------------- CSV helpers
 
 
-def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and (line number, row) pairs; blank lines skipped; ragged rows reported together."""
+def read_csv_table(path: Path) -> tuple[list[str], pd.DataFrame, np.ndarray]:
+    """Header, the rows as a DataFrame of stripped strings, and each row's line number (header = line 1).
+
+    Blank lines are skipped; rows with another number of fields than the header are reported together.
+    """
     if not path.is_file():
         raise DataError(f"label file not found: {path}")
-    rows: list[tuple[int, dict[str, str]]] = []
+    cells: list[list[str]] = []
+    lines: list[int] = []
     problems: list[str] = []
     # utf-8-sig: spreadsheets often write a byte-order mark that would otherwise stick to the first column.
     with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -59,18 +96,27 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
         duplicates = sorted(h for h, c in Counter(header).items() if c > 1)
         if duplicates:
             raise DataError(f"{path}: duplicate column names {duplicates}")
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                problems.append(f"line {reader.line_num}: {len(cells)} fields, the header has {len(header)}")
-                continue
-            rows.append((reader.line_num, {h: c.strip() for h, c in zip(header, cells, strict=True)}))
+        width = len(header)
+        for row in reader:
+            if len(row) == width:
+                cells.append(row)
+                lines.append(reader.line_num)
+            elif any(c.strip() for c in row):
+                problems.append(f"line {reader.line_num}: {len(row)} fields, the header has {width}")
     if problems:
         raise DataError(problem_report(f"{path}: {len(problems)} malformed rows", problems))
-    if not rows:
+    frame = pd.DataFrame(cells, columns=header, dtype=object)
+    frame = frame.apply(lambda column: column.str.strip()) if len(frame) else frame
+    filled = (frame != "").any(axis=1).to_numpy()
+    if not filled.any():
         raise DataError(f"{path} has a header but no rows")
-    return header, rows
+    return header, frame[filled].reset_index(drop=True), np.asarray(lines)[filled]
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and (line number, row) pairs, as :func:`read_csv_table` reads them."""
+    header, frame, lines = read_csv_table(path)
+    return header, list(zip(lines.tolist(), frame.to_dict("records"), strict=True))
 
 
 def pick_column(header: Sequence[str], requested: str | None, variants: Sequence[str] = ()) -> str | None:
@@ -87,7 +133,7 @@ def pick_column(header: Sequence[str], requested: str | None, variants: Sequence
 
 
 def missing_column(
-    header: Sequence[str], wanted: str, what: str, source: Path, advice: str = ""
+    header: Sequence[str], wanted: str, what: str, source: Path | str, advice: str = ""
 ) -> DataError:
     """The error for a column not in ``header``, with the closest names and all the available ones."""
     return DataError(
@@ -101,40 +147,27 @@ def absolute_path(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _resolve(value: str, root: Path, alternative: Path | None) -> Path:
-    """Absolute path for a CSV path cell (see the module docstring for the rule)."""
-    path = Path(value)
-    if path.is_absolute():
-        return Path(os.path.normpath(path))
-    candidate = Path(os.path.normpath(root / path))
-    if alternative is not None and not candidate.exists():
-        other = Path(os.path.normpath(alternative / path))
-        if other.exists():
-            return other
-    return candidate
+def line_where(lines: np.ndarray) -> Where:
+    """Row position -> "line N", from the line numbers of the rows."""
+    return lambda i: f"line {int(lines[i])}"
 
 
-def check_rows(paths: list[Path], patient_ids: list[str], lines: list[int] | None, source: str) -> None:
-    """Blank patient ids and duplicated images are data errors, reported together."""
-
-    def where(i: int) -> str:
-        return f"line {lines[i]}" if lines is not None else str(paths[i])
-
-    problems = []
-    for i, pid in enumerate(patient_ids):
-        if not pid:
-            problems.append(f"{where(i)}: blank patient id")
-    first_seen: dict[Path, int] = {}
-    for i, path in enumerate(paths):
-        if path in first_seen:
-            problems.append(f"{where(i)}: {path} is listed again (first at {where(first_seen[path])})")
-        else:
-            first_seen[path] = i
+def check_rows(refs: Sequence[str], patient_ids: Sequence[str], where: Where, source: str) -> None:
+    """Blank patient ids and images listed twice are data errors, reported together."""
+    blank = np.flatnonzero(pd.Series(patient_ids) == "").tolist()
+    problems = [(i, f"{where(i)}: blank patient id") for i in blank]
+    repeated = np.flatnonzero(pd.Series(refs).duplicated().to_numpy()).tolist()
+    if repeated:
+        first = {ref: i for i, ref in reversed(list(enumerate(refs)))}
+        problems += [
+            (i, f"{where(i)}: {refs[i]} is listed again (first at {where(first[refs[i]])})") for i in repeated
+        ]
     if problems:
-        raise DataError(problem_report(f"{source}: {len(problems)} problems", problems))
+        raise RowProblems(source, problems)
 
 
-def _warn_no_patients(source: str) -> None:
+def warn_no_patients(source: str) -> None:
+    """The warning for a table without patient ids."""
     warnings.warn(
         f"{source}: no patient ids; every image counts as its own patient, so follow-up images of one "
         "patient can land in different splits and inflate test metrics",
@@ -142,11 +175,178 @@ def _warn_no_patients(source: str) -> None:
     )
 
 
+def patients_from_pattern(values: Sequence[str], pattern: str, where: Where, source: str) -> list[str]:
+    """The patient id in each of ``values`` (file stems, image ids): the regular expression's group
+    ``patient``, else its first group, else the whole match.
+
+    Raises:
+        DataError: the pattern matches nothing in some values (each listed).
+    """
+    regex = re.compile(pattern)
+    group = "patient" if "patient" in regex.groupindex else 1 if regex.groups else 0
+    matches = [regex.search(v) for v in values]
+    unmatched = [f"{where(i)}: {values[i]}" for i, m in enumerate(matches) if m is None]
+    if unmatched:
+        raise DataError(
+            problem_report(
+                f"{source}: patient_pattern {pattern!r} matches no id in {len(unmatched)} rows", unmatched
+            )
+        )
+    return [m.group(group) for m in matches if m is not None]
+
+
+# ---------------------------------------------------------------------------------------- label columns
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Targets and their names, as a LabelTable holds them (see trainer.labels)."""
+
+    task: str
+    targets: np.ndarray
+    label_names: list[str]
+    negative_name: str | None = None
+
+
+def labels_from_columns(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    task: str,
+    *,
+    findings: bool = False,
+    positive: str | Sequence[str] | None = None,
+    negative: str | Sequence[str] | None = None,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+    where: Where,
+    source: str,
+) -> Labels:
+    """Targets from label columns; every problem is raised together, with where it is.
+
+    Args:
+        frame: the rows; label cells may be strings (CSV), numbers, booleans or lists (datasets, records).
+        columns: multilabel: one 0/1 column per finding (blank/NaN = unknown), or with ``findings`` a single
+            column holding each image's findings (a list, or a string joined by "|"; "" = none). Binary and
+            multiclass: one column holding each image's class.
+        task: "binary", "multiclass" or "multilabel".
+        findings: read the one multilabel column as lists of findings.
+        positive: binary: the value(s) that mean positive (the rest are negative).
+        negative: binary: the value(s) that mean negative (the rest are positive).
+        class_names: per column, the names of integer class codes (a ``datasets.ClassLabel``'s names).
+        where: row position -> where it is, for messages.
+        source: the file or dataset, for messages.
+
+    Raises:
+        DataError: values that are not 0/1/blank, blank classes, a single class, unknown positive values.
+    """
+    names = {c: list(n) for c, n in (class_names or {}).items()}
+    if task == "multilabel" and findings:
+        (column,) = columns
+        return _findings_column(frame[column], names.get(column))
+    if task == "multilabel":
+        return _zero_one_columns(frame, columns, where, source)
+    (column,) = columns
+    values = _as_class_strings(frame[column], names.get(column))
+    blank = np.flatnonzero(values.to_numpy() == "").tolist()
+    if blank:
+        raise RowProblems(
+            source,
+            [(i, f"{where(i)}: blank label in column {column!r}") for i in blank],
+            "Every image needs a label here; for unknowns use one 0/1 column per finding (multilabel).",
+        )
+    present = sorted(values.unique())
+    if task == "multiclass":
+        if positive is not None or negative is not None:
+            raise DataError("positive=/negative= only apply to a binary task")
+        # Numeric class labels sort as numbers, so "10" comes after "9"; class codes keep their names' order.
+        if column in names:
+            label_names = [n for n in names[column] if n in set(present)]
+        elif all(v.isdigit() for v in present):
+            label_names = sorted(present, key=int)
+        else:
+            label_names = present
+        if len(label_names) < 2:
+            raise DataError(
+                f"{source}: column {column!r} has a single class {label_names}; need at least two"
+            )
+        codes = pd.Categorical(values, categories=label_names).codes
+        return Labels(task, codes.astype(np.int64), label_names)
+    try:
+        pos, pos_name, negative_name = _binary_sides(present, positive, negative, column)
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from None
+    return Labels(task, values.isin(pos).to_numpy(np.float32), [pos_name], negative_name)
+
+
+def _as_class_strings(values: pd.Series, names: list[str] | None) -> pd.Series:
+    """A class column as strings: class codes through their names, whole numbers without a '.0'."""
+    if names is not None and pd.api.types.is_integer_dtype(values):
+        return pd.Series(np.asarray(names, dtype=object)[values.to_numpy()], index=values.index)
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.map(lambda v: "" if pd.isna(v) else str(int(v)) if float(v).is_integer() else str(v))
+    return values.fillna("").astype(str).str.strip()
+
+
+def _zero_one_columns(frame: pd.DataFrame, columns: Sequence[str], where: Where, source: str) -> Labels:
+    targets: np.ndarray = np.empty((len(frame), len(columns)), dtype=np.float32)
+    problems: list[tuple[int, str]] = []
+    for c, column in enumerate(columns):
+        cells = frame[column]
+        if pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_bool_dtype(cells):
+            numbers = cells.to_numpy(dtype=np.float64, na_value=np.nan)
+            bad = ~(np.isnan(numbers) | (numbers == 0) | (numbers == 1))
+        else:
+            text = cells.fillna("").astype(str).str.strip()
+            numbers = text.map(_ZERO_ONE_CELLS).to_numpy(dtype=np.float64)
+            bad = ~text.isin(_ZERO_ONE_CELLS.keys()).to_numpy()
+        problems += [
+            (r, f"{where(r)}: column {column!r}: {cells.iloc[r]!r} is not 0, 1 or blank (unknown)")
+            for r in np.flatnonzero(bad).tolist()
+        ]
+        targets[:, c] = np.where(bad, np.nan, numbers)
+    if problems:
+        raise RowProblems(
+            source,
+            problems,
+            "Map uncertain labels (e.g. -1) to 0, 1 or blank first, or choose the finding columns with "
+            "label_columns=.",
+        )
+    return Labels("multilabel", targets, list(columns))
+
+
+def explode_findings(values: pd.Series, names: list[str] | None = None) -> tuple[np.ndarray, pd.Series]:
+    """Each image's findings, one per entry: (row positions, finding names), blanks dropped.
+
+    ``values`` holds lists (of names, or of class codes with ``names``) or strings joined by "|".
+    """
+    lists = values.reset_index(drop=True)
+    if pd.api.types.is_string_dtype(lists) or lists.map(lambda v: isinstance(v, str)).all():
+        lists = lists.fillna("").astype(str).str.split("|")
+    exploded = lists.explode()
+    exploded = exploded[exploded.notna()]
+    if names is not None and pd.api.types.is_integer_dtype(exploded.infer_objects()):
+        codes = exploded.to_numpy(dtype=np.int64)
+        exploded = pd.Series(np.asarray(names, dtype=object)[codes], index=exploded.index)
+    exploded = exploded.astype(str).str.strip()
+    exploded = exploded[exploded != ""]
+    return exploded.index.to_numpy(dtype=np.int64), exploded.reset_index(drop=True)
+
+
+def _findings_column(values: pd.Series, names: list[str] | None) -> Labels:
+    rows, found = explode_findings(values, names)
+    present = set(found.unique())
+    label_names = [n for n in names if n in present] if names is not None else sorted(present)
+    targets: np.ndarray = np.zeros((len(values), len(label_names)), dtype=np.float32)
+    targets[rows, pd.Categorical(found, categories=label_names).codes] = 1.0
+    return Labels("multilabel", targets, label_names)
+
+
 def _binary_sides(
-    values: list[str], positive: str | Sequence[str] | None, negative: str | Sequence[str] | None, column: str
+    present: list[str],
+    positive: str | Sequence[str] | None,
+    negative: str | Sequence[str] | None,
+    column: str,
 ) -> tuple[set[str], str, str]:
     """The positive values of a single-column binary task, and the names of the positive and negative side."""
-    present = sorted(set(values))
 
     def as_set(side: str | Sequence[str] | None, what: str) -> set[str]:
         chosen = {side} if isinstance(side, str) else set(side or ())
@@ -175,17 +375,6 @@ def _binary_sides(
             f"every image would be {'positive' if pos else 'negative'}; column {column!r} has {present}"
         )
     return pos, "+".join(sorted(pos)), "+".join(sorted(neg))
-
-
-def _parse_binary_cell(cell: str) -> float | None:
-    """0/1 as float, blank as NaN, None for anything else."""
-    if cell == "":
-        return float("nan")
-    if cell in ("0", "0.0"):
-        return 0.0
-    if cell in ("1", "1.0"):
-        return 1.0
-    return None
 
 
 # --------------------------------------------------------------------------------------------------- readers
@@ -223,22 +412,23 @@ def read_folder_labels(
         raise DataError(
             f"{root_path}: found {len(classes)} class folder(s) {classes}; expected one sub-folder per class"
         )
-    paths: list[Path] = []
+    refs: list[str] = []
     labels: list[int] = []
     ignored: list[str] = []
     empty: list[str] = []
     for index, name in enumerate(classes):
         found = 0
-        for path in sorted((root_path / name).rglob("*")):
-            relative = path.relative_to(root_path)
-            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-                continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                ignored.append(relative.as_posix())
-                continue
-            paths.append(Path(os.path.normpath(path)))
-            labels.append(index)
-            found += 1
+        for directory, dirnames, filenames in os.walk(root_path / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            folder = Path(directory).relative_to(root_path).as_posix()
+            for file in sorted(f for f in filenames if not f.startswith(".")):
+                ref = f"{folder}/{file}"
+                if os.path.splitext(file)[1].lower() not in IMAGE_SUFFIXES:
+                    ignored.append(ref)
+                    continue
+                refs.append(ref)
+                labels.append(index)
+                found += 1
         if not found:
             empty.append(name)
     if empty:
@@ -249,9 +439,12 @@ def read_folder_labels(
             f"{', ...' if len(ignored) > 5 else ''}); image suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}",
             stacklevel=2,
         )
+    stems = [os.path.splitext(os.path.basename(r))[0] for r in refs]
     if patient_pattern is None:
-        _warn_no_patients(str(root_path))
-    patient_ids = _patients_from_names(paths, patient_pattern, root_path)
+        warn_no_patients(str(root_path))
+        patient_ids = stems
+    else:
+        patient_ids = patients_from_pattern(stems, patient_pattern, refs.__getitem__, str(root_path))
     negative_name = None
     targets = np.asarray(labels)
     label_names = classes
@@ -264,42 +457,19 @@ def read_folder_labels(
         negative_name = next(c for c in classes if c != positive)
         targets = (targets == classes.index(positive)).astype(np.float32)
         label_names = [positive]
-    check_rows(paths, patient_ids, None, str(root_path))
+    check_rows(refs, patient_ids, refs.__getitem__, str(root_path))
     table = LabelTable(
-        paths=paths,
+        refs=refs,
         patient_ids=patient_ids,
         targets=targets,
         label_names=label_names,
         task=task,
-        root=root_path,
+        images=FileImages(root_path),
         negative_name=negative_name,
         source=str(root_path),
     )
     logger.info("read %d images of %d patients from %s", len(table), len(set(patient_ids)), root_path)
     return table
-
-
-def _patients_from_names(paths: list[Path], pattern: str | None, root: Path) -> list[str]:
-    if pattern is None:
-        return [p.stem for p in paths]
-    regex = re.compile(pattern)
-    ids, unmatched = [], []
-    for path in paths:
-        match = regex.search(path.stem)
-        if match is None:
-            unmatched.append(path.relative_to(root).as_posix())
-            continue
-        if "patient" in regex.groupindex:
-            ids.append(match.group("patient"))
-        else:
-            ids.append(match.group(1) if regex.groups else match.group(0))
-    if unmatched:
-        raise DataError(
-            problem_report(
-                f"{root}: patient_pattern {pattern!r} matches no id in {len(unmatched)} files", unmatched
-            )
-        )
-    return ids
 
 
 def read_csv_labels(
@@ -326,7 +496,8 @@ def read_csv_labels(
         path_column: image path column (variants such as "image", "Image Index" are recognised).
         patient_column: patient id column; None (or the default name absent from the file) makes every
             image its own patient, with a warning because follow-ups may then leak across splits.
-        label_column: one label per image (multiclass, or binary with positive/negative).
+        label_column: one label per image (multiclass, or binary with positive/negative); with
+            ``task="multilabel"``, each image's findings joined by "|" (NIH's "Finding Labels").
         label_columns: one 0/1 column per finding (multilabel); blank cells mean unknown (NaN).
         task: "binary", "multiclass" or "multilabel"; inferred when None.
         positive: binary: the value(s) of ``label_column`` that mean positive (the rest are negative).
@@ -338,7 +509,7 @@ def read_csv_labels(
     """
     csv_file = absolute_path(csv_path)
     root_path = absolute_path(root) if root is not None else csv_file.parent
-    header, rows = read_csv_rows(csv_file)
+    header, frame, lines = read_csv_table(csv_file)
     if task is not None and task not in TASKS:
         raise DataError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     if label_column is not None and label_columns is not None:
@@ -367,9 +538,9 @@ def read_csv_labels(
         value_cols = [single] if single else [h for h in header if h not in (path_col, patient_col)]
         if not value_cols:
             raise DataError(f"{csv_file}: no label columns besides {path_col!r} and {patient_col!r}")
-    single_label = label_columns is None and len(value_cols) == 1 and task != "multilabel"
+    single_label = label_columns is None and len(value_cols) == 1
     if task is None:
-        zero_one = {row[value_cols[0]] for _, row in rows} - {""} <= {"0", "1"}
+        zero_one = set(frame[value_cols[0]].unique()) - {""} <= {"0", "1"}
         binary = positive is not None or negative is not None or zero_one
         task = "multilabel" if not single_label else "binary" if binary else "multiclass"
     if task == "binary" and not single_label:
@@ -380,87 +551,58 @@ def read_csv_labels(
     if task != "binary" and (positive is not None or negative is not None):
         raise DataError("positive=/negative= only apply to a binary task")
 
-    alternative = csv_file.parent if csv_file.parent != root_path else None
-    lines = [line for line, _ in rows]
-    path_problems = [f"line {line}: blank path" for line, row in rows if not row[path_col]]
-    label_problems: list[str] = []
-    paths = []
-    for _, row in rows:
-        paths.append(_resolve(row[path_col], root_path, alternative))
+    where = line_where(lines)
+    blank_rows = np.flatnonzero(frame[path_col].to_numpy() == "").tolist()
+    blank_paths = [(i, f"{where(i)}: blank path") for i in blank_rows]
+    try:
+        labels = labels_from_columns(
+            frame,
+            value_cols,
+            task,
+            findings=task == "multilabel" and label_column is not None,
+            positive=positive,
+            negative=negative,
+            where=where,
+            source=str(csv_file),
+        )
+    except RowProblems as exc:
+        raise exc.plus(blank_paths) from None
+    if blank_paths:
+        raise RowProblems(str(csv_file), blank_paths)
+    images = FileImages(root_path)
+    refs = _refs(frame[path_col], images, csv_file.parent if csv_file.parent != root_path else None)
     if patient_col is None:
-        _warn_no_patients(str(csv_file))
-        patient_ids = [row[path_col] for _, row in rows]
+        warn_no_patients(str(csv_file))
+        patient_ids = frame[path_col].tolist()
     else:
-        patient_ids = [row[patient_col] for _, row in rows]
-
-    negative_name = None
-    if task == "multilabel":
-        targets = np.empty((len(rows), len(value_cols)), dtype=np.float32)
-        for r, (line, row) in enumerate(rows):
-            for c, col in enumerate(value_cols):
-                value = _parse_binary_cell(row[col])
-                if value is None:
-                    label_problems.append(
-                        f"line {line}: column {col!r}: {row[col]!r} is not 0, 1 or blank (unknown)"
-                    )
-                    value = float("nan")
-                targets[r, c] = value
-        label_names = list(value_cols)
-        advice = (
-            "Map uncertain labels (e.g. -1) to 0, 1 or blank first, or choose the finding columns with "
-            "label_columns=."
-        )
-    else:
-        col = value_cols[0]
-        values = [row[col] for _, row in rows]
-        label_problems += [
-            f"line {line}: blank label in column {col!r}"
-            for (line, _), v in zip(rows, values, strict=True)
-            if not v
-        ]
-        advice = "Every image needs a label here; for unknowns use one 0/1 column per finding (multilabel)."
-        if task == "multiclass":
-            present = {v for v in values if v}
-            # Numeric class labels sort as numbers, so "10" comes after "9".
-            label_names = sorted(present, key=int) if all(v.isdigit() for v in present) else sorted(present)
-            if len(label_names) < 2 and not label_problems:
-                raise DataError(
-                    f"{csv_file}: column {col!r} has a single class {label_names}; need at least two"
-                )
-            index = {name: i for i, name in enumerate(label_names)}
-            targets = np.asarray([index.get(v, 0) for v in values])
-        else:
-            try:
-                pos, pos_name, negative_name = _binary_sides(
-                    [v for v in values if v], positive, negative, col
-                )
-            except DataError as exc:
-                raise DataError(f"{csv_file}: {exc}") from None
-            label_names = [pos_name]
-            targets = np.asarray([v in pos for v in values], dtype=np.float32)
-    problems = path_problems + label_problems
-    if problems:
-        # Sorted by line number ("line 12: ..."), so the list reads like the file.
-        problems.sort(key=lambda p: int(p.split(":")[0].removeprefix("line ")))
-        raise DataError(
-            problem_report(
-                f"{csv_file}: {len(problems)} problems", problems, advice if label_problems else ""
-            )
-        )
-    check_rows(paths, patient_ids, lines, str(csv_file))
+        patient_ids = frame[patient_col].tolist()
+    check_rows(refs, patient_ids, where, str(csv_file))
     table = LabelTable(
-        paths=paths,
+        refs=refs,
         patient_ids=patient_ids,
-        targets=targets,
-        label_names=label_names,
-        task=task,
-        root=root_path,
-        line_numbers=lines,
-        negative_name=negative_name,
+        targets=labels.targets,
+        label_names=labels.label_names,
+        task=labels.task,
+        images=images,
+        line_numbers=lines.tolist(),
+        negative_name=labels.negative_name,
         source=str(csv_file),
     )
     logger.info("read %d images of %d patients from %s", len(table), len(set(patient_ids)), csv_file)
     return table
+
+
+def _refs(values: pd.Series, images: FileImages, alternative: Path | None) -> list[str]:
+    """References of CSV path cells (see the module docstring for the rule)."""
+    refs = [images.ref(v) for v in values]
+    if alternative is None:
+        return refs
+    for i, (value, ref) in enumerate(zip(values, refs, strict=True)):
+        if not os.path.isabs(value) and not images.path(ref).exists():
+            other = alternative / value
+            if other.exists():
+                refs[i] = images.ref(other)
+    return refs
 
 
 def _require_column(header: Sequence[str], name: str, what: str, source: Path) -> str:

@@ -126,7 +126,7 @@ class RunData:
         return [self.table.patient_ids[i] for i in rows]
 
     def relative_paths(self, rows: np.ndarray) -> list[str]:
-        return [self.table.relpath(int(i)) for i in rows]
+        return [self.table.ref(int(i)) for i in rows]
 
     def describe_rows(self, rows: Any) -> str:
         """A short list of images for messages (e.g. the batch where the loss became NaN)."""
