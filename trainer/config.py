@@ -21,7 +21,7 @@ from trainer.labels import TASKS
 from trainer.modeling import HeadConfig
 from trainer.transforms import AugmentConfig
 
-LABEL_FORMATS = ("csv", "folder", "nih")
+LABEL_FORMATS = ("csv", "folder", "nih", "hf", "tfrecord")
 
 
 class ConfigError(ValueError):
@@ -32,11 +32,14 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the images and labels are, and how to split them."""
 
-    format: str = "csv"  # csv | folder | nih
-    root: str = ""  # every image path must resolve under this folder
-    labels: str | None = None  # the CSV (csv, nih); relative paths are relative to `root`
+    format: str = "csv"  # csv | folder | nih | hf | tfrecord
+    root: str = ""  # the images must lie under this folder; hf: the dataset folder, or hf-hub:org/name
+    labels: str | None = None  # the CSV (csv, nih); tfrecord: a glob of record files; relative to `root`
     path_column: str = "path"
+    image_column: str = "image"  # hf: the image column; tfrecord: the encoded-image feature
     patient_column: str | None = "patient_id"
+    patient_pattern: str | None = None  # a regex whose group `patient` (or first group) is the patient id
+    dataset_splits: list[str] | None = None  # hf: the splits to read (default all; "test" = official test)
     label_column: str | None = None  # single-label CSV (multiclass, or binary with `positive`)
     label_columns: list[str] | None = None  # multilabel 0/1 columns; None = every other column
     task: str = "multiclass"  # binary | multiclass | multilabel
@@ -52,7 +55,7 @@ class DataConfig:
     test_fraction: float = 0.15
     split_seed: int = 0
     split_file: str | None = None  # reuse an existing split.csv instead of drawing a new split
-    check_decode: bool = True  # decode every image once before training, to report bad files up front
+    check_decode: bool = False  # false: header check of every image; true: decode each (cached across runs)
     num_workers: int = 2
     cache_dir: str | None = None  # on-disk cache of preprocessed images; None = no cache
     name: str | None = None  # dataset name for the model card (defaults to the root folder name)

@@ -87,7 +87,7 @@ class FileImages(ImageSource):
         path = os.fspath(path)
         if os.path.isabs(path):
             path = os.path.relpath(path, self.root)
-        return PurePosixPath(os.path.normpath(path)).as_posix()
+        return os.path.normpath(path).replace(os.sep, "/")
 
     def path(self, ref: str) -> Path:
         """The absolute, normalised path of a reference (symlinks not resolved)."""

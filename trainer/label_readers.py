@@ -52,7 +52,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".
 PATH_COLUMNS = ("path", "image_path", "image", "file", "filename", "image_index", "Image Index")
 PATIENT_COLUMNS = ("patient_id", "patient", "Patient ID", "subject_id", "subject")
 _LABEL_COLUMNS = ("label", "class", "target", "diagnosis")
-_DEFAULT_PATIENT_COLUMN = "patient_id"
+DEFAULT_PATIENT_COLUMN = "patient_id"
 # 0/1 label cells as written in CSVs; blank = unknown.
 _ZERO_ONE_CELLS = {"": np.nan, "0": 0.0, "0.0": 0.0, "1": 1.0, "1.0": 1.0}
 
@@ -294,13 +294,15 @@ def _zero_one_columns(frame: pd.DataFrame, columns: Sequence[str], where: Where,
         if pd.api.types.is_numeric_dtype(cells) or pd.api.types.is_bool_dtype(cells):
             numbers = cells.to_numpy(dtype=np.float64, na_value=np.nan)
             bad = ~(np.isnan(numbers) | (numbers == 0) | (numbers == 1))
+            shown = [f"{numbers[r]:g}" for r in np.flatnonzero(bad)]
         else:
             text = cells.fillna("").astype(str).str.strip()
             numbers = text.map(_ZERO_ONE_CELLS).to_numpy(dtype=np.float64)
             bad = ~text.isin(_ZERO_ONE_CELLS.keys()).to_numpy()
+            shown = [repr(text.iloc[r]) for r in np.flatnonzero(bad)]
         problems += [
-            (r, f"{where(r)}: column {column!r}: {cells.iloc[r]!r} is not 0, 1 or blank (unknown)")
-            for r in np.flatnonzero(bad).tolist()
+            (r, f"{where(r)}: column {column!r}: {value} is not 0, 1 or blank (unknown)")
+            for r, value in zip(np.flatnonzero(bad).tolist(), shown, strict=True)
         ]
         targets[:, c] = np.where(bad, np.nan, numbers)
     if problems:
@@ -477,12 +479,13 @@ def read_csv_labels(
     root: str | os.PathLike | None = None,
     *,
     path_column: str = "path",
-    patient_column: str | None = _DEFAULT_PATIENT_COLUMN,
+    patient_column: str | None = DEFAULT_PATIENT_COLUMN,
     label_column: str | None = None,
     label_columns: Sequence[str] | None = None,
     task: str | None = None,
     positive: str | Sequence[str] | None = None,
     negative: str | Sequence[str] | None = None,
+    patient_pattern: str | None = None,
 ) -> LabelTable:
     """Read a label CSV: a path column, a patient column and the label column(s).
 
@@ -502,6 +505,8 @@ def read_csv_labels(
         task: "binary", "multiclass" or "multilabel"; inferred when None.
         positive: binary: the value(s) of ``label_column`` that mean positive (the rest are negative).
         negative: binary: the value(s) that mean negative (the rest are positive), e.g. "normal".
+        patient_pattern: a regular expression finding the patient id inside the patient column's values
+            (group ``patient``, else the first group).
 
     Raises:
         DataError: missing columns (with the available ones), bad label values, blank or duplicate rows -
@@ -520,19 +525,12 @@ def read_csv_labels(
     path_col = pick_column(header, path_column, PATH_COLUMNS if path_column == "path" else ())
     if path_col is None:
         raise missing_column(header, path_column, "path", csv_file, " Pass path_column= to name it.")
-    patient_col = None
-    if patient_column is not None:
-        variants = PATIENT_COLUMNS if patient_column == _DEFAULT_PATIENT_COLUMN else ()
-        patient_col = pick_column(header, patient_column, variants)
-        if patient_col is None and patient_column != _DEFAULT_PATIENT_COLUMN:
-            raise missing_column(
-                header, patient_column, "patient", csv_file, " Pass patient_column=None if there is none."
-            )
+    patient_col = pick_patient_column(header, patient_column, csv_file)
 
     if label_columns is not None:
-        value_cols = [_require_column(header, c, "label", csv_file) for c in label_columns]
+        value_cols = [require_column(header, c, "label", csv_file) for c in label_columns]
     elif label_column is not None:
-        value_cols = [_require_column(header, label_column, "label", csv_file)]
+        value_cols = [require_column(header, label_column, "label", csv_file)]
     else:
         single = pick_column(header, None, _LABEL_COLUMNS)
         value_cols = [single] if single else [h for h in header if h not in (path_col, patient_col)]
@@ -576,6 +574,8 @@ def read_csv_labels(
         patient_ids = frame[path_col].tolist()
     else:
         patient_ids = frame[patient_col].tolist()
+        if patient_pattern is not None:
+            patient_ids = patients_from_pattern(patient_ids, patient_pattern, where, str(csv_file))
     check_rows(refs, patient_ids, where, str(csv_file))
     table = LabelTable(
         refs=refs,
@@ -605,7 +605,27 @@ def _refs(values: pd.Series, images: FileImages, alternative: Path | None) -> li
     return refs
 
 
-def _require_column(header: Sequence[str], name: str, what: str, source: Path) -> str:
+def pick_patient_column(header: Sequence[str], requested: str | None, source: Path | str) -> str | None:
+    """The patient column: ``requested`` (loosely), None for None; when ``requested`` is the default name,
+    one of its variants ("Patient ID", "subject_id", ...), or None when there is none.
+
+    Raises:
+        DataError: a column named explicitly is not in the header.
+    """
+    if requested is None:
+        return None
+    if requested == DEFAULT_PATIENT_COLUMN:
+        return pick_column(header, requested, PATIENT_COLUMNS)
+    column = pick_column(header, requested)
+    if column is None:
+        raise missing_column(
+            header, requested, "patient", source, " Set the patient column to none (null) if there is none."
+        )
+    return column
+
+
+def require_column(header: Sequence[str], name: str, what: str, source: Path | str) -> str:
+    """The header column matching ``name`` (loosely), else the missing-column error."""
     column = pick_column(header, name)
     if column is None:
         raise missing_column(header, name, what, source)

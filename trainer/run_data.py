@@ -16,13 +16,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import DataConfig, RunConfig
-from trainer.data import check_files, make_loaders
+from trainer.data import make_loaders
+from trainer.file_check import check_files, default_cache_dir
+from trainer.hf_datasets import read_hf_labels
 from trainer.label_readers import read_csv_labels, read_folder_labels
 from trainer.labels import LabelTable, derive_binary, select_findings
 from trainer.modeling import model_data_config
 from trainer.nih import read_nih_labels
 from trainer.preprocess import Pipeline
 from trainer.splits import patient_split, read_split, write_split
+from trainer.tfrecords import read_tfrecord_labels
 from trainer.transforms import InputSpec, TrainAugment
 
 log = logging.getLogger(__name__)
@@ -37,12 +40,40 @@ def _under_root(root: Path, name: str | None) -> Path | None:
     return path if path.is_absolute() else root / path
 
 
+def cache_folder(cfg: DataConfig) -> Path:
+    """Where the file-check results, TFRecord indexes and converted datasets are kept between runs."""
+    return Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
+
+
 def load_table(cfg: DataConfig) -> LabelTable:
     """Read the labels that `cfg` describes and shape them into its task."""
     root = Path(cfg.root)
     needs_multilabel = cfg.task == "multilabel" or cfg.normal_label is not None
+    task = "multilabel" if needs_multilabel else cfg.task
+    columns: dict[str, Any] = {
+        "label_column": cfg.label_column,
+        "label_columns": cfg.label_columns,
+        "patient_column": cfg.patient_column,
+        "patient_pattern": cfg.patient_pattern,
+        "task": task,
+        "positive": cfg.positive,
+    }
     if cfg.format == "folder":
-        table = read_folder_labels(root, task=cfg.task, positive=cfg.positive)
+        table = read_folder_labels(
+            root, task=cfg.task, positive=cfg.positive, patient_pattern=cfg.patient_pattern
+        )
+    elif cfg.format == "hf":
+        table = read_hf_labels(
+            cfg.root,
+            image_column=cfg.image_column,
+            splits=cfg.dataset_splits,
+            cache_dir=cache_folder(cfg) / "hf-datasets",
+            **columns,
+        )
+    elif cfg.format == "tfrecord":
+        table = read_tfrecord_labels(
+            root, cfg.labels, image_feature=cfg.image_column, cache_dir=cache_folder(cfg), **columns
+        )
     elif cfg.format == "nih":
         table = read_nih_labels(
             _under_root(root, cfg.labels or "Data_Entry_2017.csv"),
@@ -55,16 +86,7 @@ def load_table(cfg: DataConfig) -> LabelTable:
             raise ValueError(
                 "data.labels must name the label CSV (relative to data.root) for data.format: csv"
             )
-        table = read_csv_labels(
-            _under_root(root, cfg.labels),
-            root,
-            path_column=cfg.path_column,
-            patient_column=cfg.patient_column,
-            label_column=cfg.label_column,
-            label_columns=cfg.label_columns,
-            task="multilabel" if needs_multilabel else cfg.task,
-            positive=cfg.positive,
-        )
+        table = read_csv_labels(_under_root(root, cfg.labels), root, path_column=cfg.path_column, **columns)
     if cfg.normal_label is not None:
         if cfg.task != "binary":
             raise ValueError("data.normal_label derives a binary task: set data.task: binary")
@@ -152,7 +174,7 @@ class RunData:
 def prepare(cfg: RunConfig, run_dir: Path, *, write_split: bool) -> RunData:
     """Read and check the labels and every image, and fix the split, before any training starts."""
     table = load_table(cfg.data)
-    check_files(table, decode=cfg.data.check_decode)
+    check_files(table, decode=cfg.data.check_decode, cache_dir=cache_folder(cfg.data))
     split = load_split(cfg.data, table, run_dir, write=write_split)
     for name in ("train", "val", "test"):
         if not (split == name).any():
