@@ -10,6 +10,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from tests.container_datasets import FINDINGS, hf_dataset, synthetic_rows
+from tests.hub_cache import fill_hub_cache
 from trainer.data import XRayDataset
 from trainer.file_check import check_files
 from trainer.hf_datasets import read_hf_labels
@@ -99,22 +100,14 @@ def test_parquet_folder_and_unknown_values(tmp_path: Path, rows: list[dict]) -> 
         )
 
 
-def test_hub_dataset_offline_from_the_cache(tmp_path: Path, rows: list[dict], offline_hub: Path) -> None:
+def test_hub_dataset_offline_from_the_cache(tmp_path: Path, rows: list[dict]) -> None:
     with pytest.raises(DataError, match="not in the local Hugging Face cache"):
         read_hf_labels("hf-hub:chexlab-test/cxr", label_column="label", cache_dir=tmp_path / "arrow")
-    # The Hub cache as huggingface_hub lays it out: blobs, a snapshot of links, refs/main -> the commit.
-    repo = offline_hub / "hub" / "datasets--chexlab-test--cxr"
-    commit = "0123456789abcdef0123456789abcdef01234567"
     parquet = tmp_path / "train.parquet"
     hf_dataset(rows).to_parquet(str(parquet))
-    (repo / "blobs").mkdir(parents=True)
-    blob = repo / "blobs" / "a1b2c3"
-    blob.write_bytes(parquet.read_bytes())
-    link = repo / "snapshots" / commit / "data" / "train-00000-of-00001.parquet"
-    link.parent.mkdir(parents=True)
-    link.symlink_to(Path("..", "..", "..", "blobs", "a1b2c3"))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    fill_hub_cache(
+        "chexlab-test/cxr", {"data/train-00000-of-00001.parquet": parquet.read_bytes()}, repo_type="dataset"
+    )
     table = read_hf_labels(
         "hf-hub:chexlab-test/cxr", label_column="label", task="multiclass", cache_dir=tmp_path / "arrow"
     )
