@@ -12,6 +12,7 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c a
 from torch.utils.data import DataLoader
 
 import trainer.tfrecords as tfrecords
+from tests.conftest import REPO_ROOT
 from tests.container_datasets import (
     FINDINGS,
     encode_example,
@@ -20,9 +21,12 @@ from tests.container_datasets import (
     write_nih_style_tfrecords,
     write_tfrecords,
 )
+from trainer.config import load_config
 from trainer.data import XRayDataset
 from trainer.file_check import check_files
 from trainer.labels import DataError
+from trainer.nih import NIH_FINDINGS
+from trainer.run_data import load_table
 from trainer.tfrecords import TFRecordError, masked_crc32c, parse_example, read_records, read_tfrecord_labels
 from trainer.transforms import InputSpec
 
@@ -147,3 +151,25 @@ def test_feature_layouts_and_errors(tmp_path: Path, rows: list[dict]) -> None:
         read_tfrecord_labels(tmp_path / "r", "*.tfrec", **common)
     with pytest.raises(DataError, match="did you mean 'label'"):
         read_tfrecord_labels(tmp_path / "r", label_column="labl", task="binary", **common)
+
+
+def test_the_inceptionv3_recipe_reads_the_kaggle_nih_records(tmp_path: Path, rows: list[dict]) -> None:
+    labels = ["No Finding", *NIH_FINDINGS]
+    example_type = example_class()
+    records = [
+        encode_example(
+            example_type,
+            {
+                "image": [r["png"]],
+                "image_id": [r["image_id"].encode()],
+                **{n: [int(i % 15 == j)] for j, n in enumerate(labels)},
+            },
+        )  # fmt: skip
+        for i, r in enumerate(rows)
+    ]
+    write_tfrecords(tmp_path / "data" / f"000-{len(rows)}.tfrec", records)
+    cfg = load_config(REPO_ROOT / "configs" / "inceptionv3-nih15.yaml", [f"data.root={tmp_path}"])
+    table = load_table(cfg.data)
+    assert table.label_names == sorted(labels) and table.task == "multilabel"
+    assert table.patient_ids == [r["image_id"].split("_")[0] for r in rows]
+    assert table.targets[1, table.label_names.index("Atelectasis")] == 1
