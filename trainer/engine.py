@@ -175,7 +175,10 @@ def train_one_epoch(
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
-    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9)
+    # The epoch's loss over every process's images, not just this process's share.
+    local = torch.tensor([total_loss, seen / accelerator.num_processes], dtype=torch.float64)
+    summed = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+    return float(summed[0] / max(float(summed[1]), 1.0)), seen / max(elapsed, 1e-9)
 
 
 @torch.no_grad()
@@ -264,7 +267,10 @@ def fit(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
             save_config(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
 
-    data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
+    # The main process reads, checks and splits first (filling the check cache, writing split.csv); the others
+    # then find both ready instead of racing it.
+    with accelerator.main_process_first():
+        data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
     model = create_classifier(
         cfg.model.arch,
         data.num_outputs,
