@@ -167,6 +167,8 @@ def train_one_epoch(
             ):
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+        if step == 0:  # start-up cost (workers, first decodes) is visible in the log; bench/scale.py reads it
+            log.info("epoch %d: first training step done", epoch + 1)
         batch = images.shape[0] * accelerator.num_processes
         total_loss += loss.item() * images.shape[0]
         seen += batch

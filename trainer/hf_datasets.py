@@ -30,17 +30,14 @@ from typing import Any
 
 import pandas as pd
 
-from trainer.image_sources import Identity, ImageSource
+from trainer.image_sources import Identity, ImageSource, split_ref
 from trainer.label_readers import (
     DEFAULT_PATIENT_COLUMN,
-    check_rows,
-    labels_from_columns,
+    chosen_label_columns,
     missing_column,
-    patients_from_pattern,
     pick_column,
     pick_patient_column,
-    require_column,
-    warn_no_patients,
+    table_from_frame,
 )
 from trainer.labels import DataError, LabelTable
 
@@ -125,14 +122,10 @@ class HFImages(ImageSource):
             name: ds.select_columns([image_column]).with_format("arrow") for name, ds in splits.items()
         }
         self._signatures = {name: _files_signature(ds) for name, ds in splits.items()}
+        self._rows = {name: len(ds) for name, ds in splits.items()}
 
     def _row(self, ref: str) -> tuple[str, int]:
-        split, sep, row = ref.rpartition("#")
-        if not sep or split not in self._splits or not row.isdigit():
-            raise OSError(f"{ref!r} names no row of {self.location} (splits: {', '.join(self._splits)})")
-        if int(row) >= len(self._splits[split]):
-            raise OSError(f"{ref!r}: split {split!r} of {self.location} has {len(self._splits[split])} rows")
-        return split, int(row)
+        return split_ref(ref, self._rows, f"dataset {self.location}")
 
     def read(self, ref: str) -> bytes:
         split, row = self._row(ref)
@@ -156,9 +149,6 @@ class HFImages(ImageSource):
 
     def describe(self) -> str:
         return f"column {self.image_column!r} of dataset {self.location}"
-
-    def name(self, ref: str) -> str:
-        return ref
 
 
 def _files_signature(dataset: Any) -> str:
@@ -231,20 +221,17 @@ def read_hf_labels(
     image_col = pick_column(header, image_column)
     if image_col is None:
         raise missing_column(header, image_column, "image", source, " Set data.image_column.")
-    if label_column is not None and label_columns is not None:
-        raise DataError("set data.label_column (one column) or data.label_columns (0/1 columns), not both")
-    if label_columns is not None:
-        value_cols = [require_column(header, c, "label", source) for c in label_columns]
-    elif label_column is not None:
-        value_cols = [require_column(header, label_column, "label", source)]
-    else:
+
+    def default_columns() -> list[str]:
         single = pick_column(header, None, _LABEL_COLUMNS)
         if single is None:
             raise DataError(
                 f"{source}: name the label column(s) with data.label_column or data.label_columns; "
                 f"columns: {', '.join(header)}"
             )
-        value_cols = [single]
+        return [single]
+
+    value_cols = chosen_label_columns(header, label_column, label_columns, source, default_columns)
     patient_col = pick_patient_column(header, patient_column, source)
     columns = [c for c in dict.fromkeys([*value_cols, *([patient_col] if patient_col else [])])]
     frames, refs, official = [], [], []
@@ -254,43 +241,18 @@ def read_hf_labels(
         frames.append(dataset.select_columns(columns).to_pandas())
         refs += [f"{name}#{row}" for row in range(len(dataset))]
         official += ["test" if name == "test" else "trainval"] * len(dataset)
-    frame = pd.concat(frames, ignore_index=True)
-    where = refs.__getitem__
-    labels = labels_from_columns(
-        frame,
+    return table_from_frame(
+        pd.concat(frames, ignore_index=True),
+        refs,
+        HFImages(location, chosen, image_col),
         value_cols,
         task,
         findings=task == "multilabel" and label_columns is None,
         positive=positive,
         negative=negative,
+        patient_column=patient_col,
+        patient_pattern=patient_pattern,
+        source=f"{source} (splits {', '.join(names)})",
         class_names={c: n for c in value_cols if (n := _class_names(first.features[c])) is not None},
-        where=where,
-        source=source,
-    )
-    if patient_col is None:
-        warn_no_patients(source)
-        patient_ids = list(refs)
-    else:
-        patient_ids = frame[patient_col].astype(str).tolist()
-        if patient_pattern is not None:
-            patient_ids = patients_from_pattern(patient_ids, patient_pattern, where, source)
-    check_rows(refs, patient_ids, where, source)
-    table = LabelTable(
-        refs=refs,
-        patient_ids=patient_ids,
-        targets=labels.targets,
-        label_names=labels.label_names,
-        task=labels.task,
-        images=HFImages(location, chosen, image_col),
         official_split=official if "test" in chosen else None,
-        negative_name=labels.negative_name,
-        source=source,
     )
-    logger.info(
-        "read %d images of %d patients from %s (splits %s)",
-        len(table),
-        len(set(patient_ids)),
-        location,
-        ", ".join(names),
-    )
-    return table

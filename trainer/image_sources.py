@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-__all__ = ["HEAD_BYTES", "TAIL_BYTES", "FileImages", "ImageSource"]
+__all__ = ["HEAD_BYTES", "TAIL_BYTES", "FileImages", "ImageSource", "split_ref"]
 
 HEAD_BYTES = 4096
 """Bytes from the start of an image that the header check looks at."""
@@ -72,8 +73,22 @@ class ImageSource(ABC):
         return data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data)
 
     def name(self, ref: str) -> str:
-        """A file name for the image (its suffix tells load_xray about a DICOM without preamble)."""
-        return PurePosixPath(ref.partition("#")[0]).name
+        """A name for the image in messages (a file's suffix tells load_xray about a preamble-less DICOM)."""
+        return PurePosixPath(ref).name
+
+
+def split_ref(ref: str, counts: Mapping[str, int], what: str) -> tuple[str, int]:
+    """(container, position) of a ``<container>#<position>`` reference, checked against each container's size.
+
+    Raises:
+        OSError: no such container or position in ``what`` (e.g. "dataset /data/x").
+    """
+    container, sep, position = ref.rpartition("#")
+    if not sep or container not in counts or not position.isdigit():
+        raise OSError(f"{ref!r} names nothing in {what} (it has {', '.join(counts)})")
+    if int(position) >= counts[container]:
+        raise OSError(f"{ref!r}: {container} of {what} has {counts[container]} entries")
+    return container, int(position)
 
 
 class FileImages(ImageSource):
@@ -124,9 +139,6 @@ class FileImages(ImageSource):
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, size - TAIL_BYTES))
             return head, handle.read(TAIL_BYTES), size
-
-    def name(self, ref: str) -> str:
-        return PurePosixPath(ref).name
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FileImages) and other.root == self.root

@@ -28,7 +28,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,10 @@ from typing import Any
 import safetensors.torch
 import timm
 import torch
-from timm.models import save_for_hf
 from torch import Tensor
 
 from trainer.errors import ChexlabError
-from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME
+from trainer.export import write_model_folder
 
 __all__ = ["CHEXNET_LABELS", "FORMATS", "TORCHXRAYVISION_LABELS", "WeightsImportError", "import_weights"]
 
@@ -250,28 +248,15 @@ def import_weights(
         )
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
     _load_exactly(model, state, source, fmt)
-    data_config = {**spec.data_config, "crop_pct": 1.0}
+    imported = {"format": fmt, "description": spec.description, "source": source.name}
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".import-") as tmp:
-        save_for_hf(
-            model,
-            tmp,
-            model_config={
-                "label_names": names,
-                "pretrained_cfg": {"tag": None, "license": None},
-                "chexlab": {
-                    "task": "multilabel",
-                    "head": {"type": "linear"},
-                    "imported": {"format": fmt, "description": spec.description, "source": source.name},
-                },
-            },
-            safe_serialization=True,
-            data_config=data_config,
-        )
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            os.chmod(Path(tmp) / name, 0o644)
-            os.replace(Path(tmp) / name, out_dir / name)
+    write_model_folder(
+        model,
+        out_dir,
+        names,
+        {"task": "multilabel", "head": {"type": "linear"}, "imported": imported},
+        {**spec.data_config, "crop_pct": 1.0},
+    )
     log.info("imported %s (%s, %d outputs) into %s", source, fmt, num_classes, out_dir)
     return out_dir
 

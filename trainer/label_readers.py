@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.image_sources import FileImages
+from trainer.image_sources import FileImages, ImageSource
 from trainer.labels import TASKS, DataError, LabelTable, did_you_mean, loose_key, problem_report
 
 __all__ = [
@@ -193,6 +193,119 @@ def patients_from_pattern(values: Sequence[str], pattern: str, where: Where, sou
             )
         )
     return [m.group(group) for m in matches if m is not None]
+
+
+def chosen_label_columns(
+    header: Sequence[str],
+    label_column: str | None,
+    label_columns: Sequence[str] | None,
+    source: Path | str,
+    default: Callable[[], list[str]],
+) -> list[str]:
+    """The label columns asked for (each must exist, matched loosely), else ``default()``.
+
+    Raises:
+        DataError: both kinds given, or a column that is not there.
+    """
+    if label_column is not None and label_columns is not None:
+        raise DataError(
+            "name label_column (one label per image) or label_columns (one 0/1 column per finding), not both"
+        )
+    if label_columns is not None:
+        return [require_column(header, c, "label", source) for c in label_columns]
+    if label_column is not None:
+        return [require_column(header, label_column, "label", source)]
+    return default()
+
+
+def patient_ids_of(
+    frame: pd.DataFrame,
+    column: str | None,
+    pattern: str | None,
+    fallback: list[str],
+    where: Where,
+    source: str,
+) -> list[str]:
+    """Each row's patient: the column's value (cut by ``pattern``), else ``fallback`` with a warning."""
+    if column is None:
+        warn_no_patients(source)
+        return list(fallback)
+    patient_ids = frame[column].fillna("").astype(str).tolist()
+    return patients_from_pattern(patient_ids, pattern, where, source) if pattern is not None else patient_ids
+
+
+def table_from_frame(
+    frame: pd.DataFrame,
+    refs: list[str],
+    images: ImageSource,
+    columns: list[str],
+    task: str,
+    *,
+    findings: bool,
+    positive: str | Sequence[str] | None,
+    negative: str | Sequence[str] | None,
+    patient_column: str | None,
+    patient_pattern: str | None,
+    source: str,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+    official_split: list[str] | None = None,
+    line_numbers: list[int] | None = None,
+    fallback_patients: list[str] | None = None,
+    problems: Sequence[tuple[int, str]] = (),
+) -> LabelTable:
+    """A label table from the label and patient columns of a frame whose rows are the images ``refs``.
+
+    Args:
+        frame: one row per image.
+        refs: the images' references, in the frame's order.
+        images: the source that reads them.
+        columns: the label columns; ``task``, ``findings``, ``positive``, ``negative`` and
+            ``class_names`` as for :func:`labels_from_columns`.
+        patient_column: the patient column (None: each image is its own patient, with a warning), cut by
+            ``patient_pattern`` (see :func:`patients_from_pattern`).
+        source: the file or dataset, for messages.
+        official_split: "trainval"/"test" per row, if the source has an official test set.
+        line_numbers: each row's line in a label file (messages then say "line N").
+        fallback_patients: the patient ids without a patient column (default: the references).
+        problems: row problems the caller found, reported together with the label problems.
+
+    Raises:
+        DataError: every problem with the labels, patients and rows, in one report.
+    """
+    where = line_where(np.asarray(line_numbers)) if line_numbers is not None else refs.__getitem__
+    try:
+        labels = labels_from_columns(
+            frame,
+            columns,
+            task,
+            findings=findings,
+            positive=positive,
+            negative=negative,
+            class_names=class_names,
+            where=where,
+            source=source,
+        )
+    except RowProblems as exc:
+        raise exc.plus(problems) from None
+    if problems:
+        raise RowProblems(source, problems)
+    fallback = refs if fallback_patients is None else fallback_patients
+    patient_ids = patient_ids_of(frame, patient_column, patient_pattern, fallback, where, source)
+    check_rows(refs, patient_ids, where, source)
+    table = LabelTable(
+        refs=refs,
+        patient_ids=patient_ids,
+        targets=labels.targets,
+        label_names=labels.label_names,
+        task=labels.task,
+        images=images,
+        line_numbers=line_numbers,
+        official_split=official_split,
+        negative_name=labels.negative_name,
+        source=source,
+    )
+    logger.info("read %d images of %d patients from %s", len(table), len(set(patient_ids)), source)
+    return table
 
 
 # ---------------------------------------------------------------------------------------- label columns
@@ -517,25 +630,19 @@ def read_csv_labels(
     header, frame, lines = read_csv_table(csv_file)
     if task is not None and task not in TASKS:
         raise DataError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if label_column is not None and label_columns is not None:
-        raise DataError(
-            "pass label_column (one label per image) or label_columns (one 0/1 column per finding)"
-        )
-
     path_col = pick_column(header, path_column, PATH_COLUMNS if path_column == "path" else ())
     if path_col is None:
         raise missing_column(header, path_column, "path", csv_file, " Pass path_column= to name it.")
     patient_col = pick_patient_column(header, patient_column, csv_file)
 
-    if label_columns is not None:
-        value_cols = [require_column(header, c, "label", csv_file) for c in label_columns]
-    elif label_column is not None:
-        value_cols = [require_column(header, label_column, "label", csv_file)]
-    else:
+    def default_columns() -> list[str]:
         single = pick_column(header, None, _LABEL_COLUMNS)
-        value_cols = [single] if single else [h for h in header if h not in (path_col, patient_col)]
-        if not value_cols:
+        columns = [single] if single else [h for h in header if h not in (path_col, patient_col)]
+        if not columns:
             raise DataError(f"{csv_file}: no label columns besides {path_col!r} and {patient_col!r}")
+        return columns
+
+    value_cols = chosen_label_columns(header, label_column, label_columns, csv_file, default_columns)
     single_label = label_columns is None and len(value_cols) == 1
     if task is None:
         zero_one = set(frame[value_cols[0]].unique()) - {""} <= {"0", "1"}
@@ -549,47 +656,24 @@ def read_csv_labels(
     if task != "binary" and (positive is not None or negative is not None):
         raise DataError("positive=/negative= only apply to a binary task")
 
-    where = line_where(lines)
     blank_rows = np.flatnonzero(frame[path_col].to_numpy() == "").tolist()
-    blank_paths = [(i, f"{where(i)}: blank path") for i in blank_rows]
-    try:
-        labels = labels_from_columns(
-            frame,
-            value_cols,
-            task,
-            findings=task == "multilabel" and label_column is not None,
-            positive=positive,
-            negative=negative,
-            where=where,
-            source=str(csv_file),
-        )
-    except RowProblems as exc:
-        raise exc.plus(blank_paths) from None
-    if blank_paths:
-        raise RowProblems(str(csv_file), blank_paths)
     images = FileImages(root_path)
-    refs = _refs(frame[path_col], images, csv_file.parent if csv_file.parent != root_path else None)
-    if patient_col is None:
-        warn_no_patients(str(csv_file))
-        patient_ids = frame[path_col].tolist()
-    else:
-        patient_ids = frame[patient_col].tolist()
-        if patient_pattern is not None:
-            patient_ids = patients_from_pattern(patient_ids, patient_pattern, where, str(csv_file))
-    check_rows(refs, patient_ids, where, str(csv_file))
-    table = LabelTable(
-        refs=refs,
-        patient_ids=patient_ids,
-        targets=labels.targets,
-        label_names=labels.label_names,
-        task=labels.task,
-        images=images,
-        line_numbers=lines.tolist(),
-        negative_name=labels.negative_name,
+    return table_from_frame(
+        frame,
+        _refs(frame[path_col], images, csv_file.parent if csv_file.parent != root_path else None),
+        images,
+        value_cols,
+        task,
+        findings=task == "multilabel" and label_column is not None,
+        positive=positive,
+        negative=negative,
+        patient_column=patient_col,
+        patient_pattern=patient_pattern,
         source=str(csv_file),
+        line_numbers=lines.tolist(),
+        fallback_patients=frame[path_col].tolist(),
+        problems=[(i, f"line {lines[i]}: blank path") for i in blank_rows],
     )
-    logger.info("read %d images of %d patients from %s", len(table), len(set(patient_ids)), csv_file)
-    return table
 
 
 def _refs(values: pd.Series, images: FileImages, alternative: Path | None) -> list[str]:
@@ -619,7 +703,11 @@ def pick_patient_column(header: Sequence[str], requested: str | None, source: Pa
     column = pick_column(header, requested)
     if column is None:
         raise missing_column(
-            header, requested, "patient", source, " Set the patient column to none (null) if there is none."
+            header,
+            requested,
+            "patient",
+            source,
+            " Pass patient_column=None (data.patient_column: null) if none.",
         )
     return column
 

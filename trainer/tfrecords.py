@@ -42,15 +42,12 @@ import numpy as np
 import pandas as pd
 
 from trainer.checkpoint import atomic_write
-from trainer.image_sources import Identity, ImageSource
+from trainer.image_sources import Identity, ImageSource, split_ref
 from trainer.label_readers import (
     DEFAULT_PATIENT_COLUMN,
-    check_rows,
-    labels_from_columns,
-    patients_from_pattern,
+    chosen_label_columns,
     pick_patient_column,
-    require_column,
-    warn_no_patients,
+    table_from_frame,
 )
 from trainer.labels import DataError, LabelTable
 
@@ -264,6 +261,7 @@ class TFRecordImages(ImageSource):
         self.root = root
         self.image_feature = image_feature
         self._offsets = offsets
+        self._counts = {name: len(positions) for name, positions in offsets.items()}
         self._stats = {}
         for name in offsets:
             stat = (root / name).stat()
@@ -275,12 +273,7 @@ class TFRecordImages(ImageSource):
         return {**self.__dict__, "_fds": {}}
 
     def _record(self, ref: str) -> tuple[str, int]:
-        name, sep, number = ref.rpartition("#")
-        if not sep or name not in self._offsets or not number.isdigit():
-            raise OSError(f"{ref!r} names no record of the TFRecord files under {self.root}")
-        if int(number) >= len(self._offsets[name]):
-            raise OSError(f"{ref!r}: {name} has {len(self._offsets[name])} records")
-        return name, int(number)
+        return split_ref(ref, self._counts, f"the TFRecord files under {self.root}")
 
     def read(self, ref: str) -> bytes:
         name, number = self._record(ref)
@@ -305,9 +298,6 @@ class TFRecordImages(ImageSource):
 
     def describe(self) -> str:
         return f"feature {self.image_feature!r} of the TFRecord files under {self.root}"
-
-    def name(self, ref: str) -> str:
-        return ref
 
 
 def read_tfrecord_labels(
@@ -369,49 +359,24 @@ def read_tfrecord_labels(
     header = list(frame.columns)
     source = f"TFRecord files {pattern} under {root_path}"
     patient_col = pick_patient_column(header, patient_column, source)
-    if label_columns is not None:
-        value_cols = [require_column(header, c, "label feature", source) for c in label_columns]
-    elif label_column is not None:
-        value_cols = [require_column(header, label_column, "label feature", source)]
-    else:
+
+    def default_columns() -> list[str]:
         # Sorted: a serialised Example's feature map has no fixed order.
-        value_cols = sorted(c for c in header if c != patient_col and pd.api.types.is_numeric_dtype(frame[c]))
-        if not value_cols:
+        numeric = sorted(c for c in header if c != patient_col and pd.api.types.is_numeric_dtype(frame[c]))
+        if not numeric:
             raise DataError(f"{source}: no numeric label features; features: {', '.join(header)}")
-    where = refs.__getitem__
-    labels = labels_from_columns(
+        return numeric
+
+    return table_from_frame(
         frame,
-        value_cols,
+        refs,
+        TFRecordImages(root_path, offsets, image_feature),
+        chosen_label_columns(header, label_column, label_columns, source, default_columns),
         task,
         findings=task == "multilabel" and label_column is not None,
         positive=positive,
         negative=negative,
-        where=where,
+        patient_column=patient_col,
+        patient_pattern=patient_pattern,
         source=source,
     )
-    if patient_col is None:
-        warn_no_patients(source)
-        patient_ids = list(refs)
-    else:
-        patient_ids = frame[patient_col].fillna("").astype(str).tolist()
-        if patient_pattern is not None:
-            patient_ids = patients_from_pattern(patient_ids, patient_pattern, where, source)
-    check_rows(refs, patient_ids, where, source)
-    table = LabelTable(
-        refs=refs,
-        patient_ids=patient_ids,
-        targets=labels.targets,
-        label_names=labels.label_names,
-        task=labels.task,
-        images=TFRecordImages(root_path, offsets, image_feature),
-        negative_name=labels.negative_name,
-        source=source,
-    )
-    logger.info(
-        "read %d records of %d patients from %d files under %s",
-        len(table),
-        len(set(patient_ids)),
-        len(files),
-        root_path,
-    )
-    return table
