@@ -58,7 +58,12 @@ def local_overrides(recipe: str, shared: Path = SHARED) -> list[str]:
         ],
         "simple-cnn": binary,
         "clahe-wb-transfer": [f"data.root={shared / 'data' / 'covid19_pneumonia_normal'}"],
-        "inceptionv3-nih15": [*nih, "data.task=multilabel"],
+        "inceptionv3-nih15": [
+            *nih,
+            "data.task=multilabel",
+            "data.patient_column=patient_id",
+            "data.patient_pattern=null",
+        ],
     }[recipe]
 
 

@@ -28,6 +28,7 @@ def offline_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HOME", str(hf_home))
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setenv("CHEXLAB_CACHE", str(hf_home / "chexlab"))  # file checks, record indexes
     return hf_home
 
 

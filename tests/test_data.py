@@ -48,13 +48,13 @@ def test_check_files_reports_every_problem_at_once(tmp_path: Path) -> None:
     assert "5 of 6 images" in message
     assert "line 3: ../outside.png: outside the data root" in message
     assert "line 4: missing.png: file not found" in message
-    assert "line 5: notes.png: unreadable" in message
+    assert "line 5: notes.png: not an image" in message  # the header check, without decoding
     assert "line 6: link.png: outside the data root" in message and "symlink" in message
     assert "line 7: ../outside_abs.png: outside the data root" in message
     assert "line 2" not in message
     with pytest.raises(DataError) as error:
-        check_files(table, decode=False)
-    assert "4 of 6 images" in str(error.value) and "notes.png" not in str(error.value)
+        check_files(table, decode=True)
+    assert "5 of 6 images" in str(error.value) and "line 5: notes.png: not an image" in str(error.value)
 
 
 def test_check_files_truncates_long_reports(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_dataset_cache_is_used_and_identical(tmp_path: Path, monkeypatch: pytest
     table = image_table(tmp_path / "data")
     calls = []
     real_load = data.load_xray
-    monkeypatch.setattr(data, "load_xray", lambda path: calls.append(path) or real_load(path))
+    monkeypatch.setattr(data, "load_xray", lambda source: calls.append(source) or real_load(source))
     cache = tmp_path / "cache"
     dataset = XRayDataset(table, SPEC, pipeline=Pipeline.parse("clahe"), cache_dir=cache)
     first = [dataset[i][0] for i in range(len(dataset))]

@@ -71,7 +71,7 @@ def test_read_csv_single_label_multiclass(tmp_path: Path) -> None:
     assert table.targets[:4].tolist() == [1, 1, 0, 0]
     assert table.line_numbers[:3] == [2, 3, 4]  # the header is line 1
     assert table.paths[0] == tmp_path / "images" / "img00.png"
-    assert table.root == tmp_path and table.relpath(0) == "images/img00.png"
+    assert table.root == tmp_path and table.ref(0) == "images/img00.png"
     assert table.label_counts() == {"bacterial": 4, "normal": 4, "viral": 4}
 
 
@@ -182,7 +182,7 @@ def test_read_csv_column_variants_and_missing_columns(tmp_path: Path) -> None:
     assert "Available columns: filepath, patient_id, label" in str(error.value)
     with pytest.raises(DataError, match="did you mean 'filepath'"):
         read_csv_labels(wrong, path_column="filepth")
-    assert read_csv_labels(wrong, path_column="File Path").relpath(1) == "y.png"  # names match loosely
+    assert read_csv_labels(wrong, path_column="File Path").ref(1) == "y.png"  # names match loosely
     with pytest.raises(DataError, match="patient_column=None"):
         read_csv_labels(variants, patient_column="subject")
 
@@ -208,5 +208,5 @@ def test_csv_paths_relative_to_root_or_to_the_csv(tmp_path: Path) -> None:
     write_csv(csv_path, ["path", "patient_id", "label"], [["images/a.png", 1, "x"], ["scans/b.png", 2, "y"]])
     table = read_csv_labels(csv_path, root)
     assert table.paths == [root / "images" / "a.png", root / "meta" / "scans" / "b.png"]
-    assert table.relpath(1) == "meta/scans/b.png"
+    assert table.ref(1) == "meta/scans/b.png"
     check_files(table)

@@ -14,8 +14,9 @@ from trainer.labels import DataError, LabelTable, derive_binary, select_findings
 
 def test_derive_binary_rule(tmp_path: Path) -> None:
     nan = np.nan
-    table = LabelTable(
-        paths=[tmp_path / f"{i}.png" for i in range(7)],
+    table = LabelTable.from_paths(
+        [tmp_path / f"{i}.png" for i in range(7)],
+        tmp_path,
         patient_ids=[str(i) for i in range(7)],
         targets=[
             [0, 0, 1],  # normal column says normal
@@ -28,7 +29,6 @@ def test_derive_binary_rule(tmp_path: Path) -> None:
         ],
         label_names=["Effusion", "Mass", "No_Finding"],
         task="multilabel",
-        root=tmp_path,
         line_numbers=list(range(2, 9)),
     )
     with pytest.warns(UserWarning) as caught:

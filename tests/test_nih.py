@@ -66,7 +66,7 @@ def test_real_nih_metadata_through_the_data_entry_reader(tmp_path: Path) -> None
     """The subset's raw NIH 'Finding Labels' give the same targets as its labels.csv."""
     folder = shared_path("data", "nih_cxr14_subset")
     labels = read_csv_labels(folder / "labels.csv")
-    patient = dict(zip((labels.relpath(i) for i in range(len(labels))), labels.patient_ids, strict=True))
+    patient = dict(zip((labels.ref(i) for i in range(len(labels))), labels.patient_ids, strict=True))
     with (folder / "metadata.csv").open() as handle:
         meta = list(csv.DictReader(handle))
     data_entry = write_csv(

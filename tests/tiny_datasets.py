@@ -64,13 +64,13 @@ def synthetic_table(task: Task | str, n_patients: int, seed: int, classes: int =
     order = rng.permutation(len(patients))
     targets_array = np.asarray(targets)[order]
     names = [f"c{i}" for i in range(classes)]
-    return LabelTable(
-        paths=[Path(f"/data/img{i}.png") for i in range(len(patients))],
+    return LabelTable.from_paths(
+        [Path(f"/data/img{i}.png") for i in range(len(patients))],
+        Path("/data"),
         patient_ids=[patients[i] for i in order],
         targets=targets_array,
         label_names=names[:1] if task.single_logit else names,
         task=task,
-        root=Path("/data"),
     )
 
 

@@ -1,4 +1,4 @@
-"""`python -m trainer fit|evaluate|predict|push|export|preprocess ...`: parsing, printing, exit codes.
+"""`python -m trainer fit|evaluate|predict|push|export|import-weights|preprocess`: parsing, printing, exits.
 
 Library modules log and raise; this module is the only place that prints. An error the user can fix (a
 `ChexlabError`, or a missing, protected or misplaced file, a full disk) is one clear line and exit code 2;
@@ -110,6 +110,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_weights(args: argparse.Namespace) -> int:
+    from trainer.import_weights import import_weights
+
+    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    out = import_weights(args.src, args.out, args.format, arch=args.arch, labels=labels)
+    print(f"model folder written to {out}; start from it with model.init=local-dir:{out}")
+    return 0
+
+
 def _preprocess(args: argparse.Namespace) -> int:
     from trainer.contact_sheet import contact_sheet, preprocess_files
     from trainer.preprocess import Pipeline
@@ -193,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("out", help="the model folder to write")
     ex.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ex.set_defaults(run=_export)
+
+    iw = sub.add_parser(
+        "import-weights", help="convert a CheXNet, torchxrayvision or timm checkpoint into a model folder"
+    )
+    iw.add_argument("src", help="the checkpoint (.pth, .pth.tar, .pt, .bin or .safetensors; plain tensors)")
+    iw.add_argument("out", help="the model folder to write (then model.init=local-dir:OUT)")
+    iw.add_argument("--format", required=True, choices=("chexnet", "torchxrayvision", "timm"))
+    iw.add_argument("--arch", help="the timm architecture (--format timm; the others are densenet121)")
+    iw.add_argument("--labels", help="comma-separated output names, when not the format's own")
+    iw.set_defaults(run=_import_weights)
 
     pp = sub.add_parser(
         "preprocess", help="apply preprocessing ops to images; write PNGs and/or a contact sheet"

@@ -27,7 +27,7 @@ from trainer.preprocess import Pipeline, PreprocessError, Step
 from trainer.task import Task
 from trainer.transforms import AugmentConfig
 
-LabelFormat = Literal["csv", "folder", "nih"]
+LabelFormat = Literal["csv", "folder", "nih", "hf", "tfrecord"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "plateau", "constant"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
@@ -49,10 +49,13 @@ class DataConfig:
     """Where the images and labels are, and how to split them."""
 
     format: LabelFormat = "csv"
-    root: str = ""  # every image path must resolve under this folder
-    labels: str | None = None  # the CSV (csv, nih); relative paths are relative to `root`
+    root: str = ""  # the images must lie under this folder; hf: the dataset folder, or hf-hub:org/name
+    labels: str | None = None  # the CSV (csv, nih); tfrecord: a glob of record files; relative to `root`
     path_column: str = "path"
+    image_column: str = "image"  # hf: the image column; tfrecord: the encoded-image feature
     patient_column: str | None = "patient_id"
+    patient_pattern: str | None = None  # a regex whose group `patient` (or first group) is the patient id
+    dataset_splits: list[str] | None = None  # hf: the splits to read (default all; "test" = official test)
     label_column: str | None = None  # single-label CSV (multiclass, or binary with `positive`)
     label_columns: list[str] | None = None  # multilabel 0/1 columns; None = every other column
     task: Task = Task.MULTICLASS
@@ -68,7 +71,7 @@ class DataConfig:
     test_fraction: float = 0.15
     split_seed: int = 0
     split_file: str | None = None  # reuse an existing split.csv instead of drawing a new split
-    check_decode: bool = True  # decode every image once before training, to report bad files up front
+    check_decode: bool = False  # false: header check of every image; true: decode each (cached across runs)
     num_workers: int = 2
     cache_dir: str | None = None  # on-disk cache of preprocessed images; None = no cache
     name: str | None = None  # dataset name for the model card (defaults to the root folder name)

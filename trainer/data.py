@@ -1,21 +1,20 @@
 """The images of a :class:`~trainer.labels.LabelTable`: checked before training, then loaded as model inputs.
 
-:func:`check_files` finds every unusable image up front; :class:`XRayDataset` turns images into model inputs
-(with an optional on-disk cache of the deterministic preprocessing); :func:`make_loaders` gives the
-DataLoaders of a split.
+:func:`check_files` (:mod:`trainer.file_check`) finds every unusable image up front; :class:`XRayDataset`
+turns images into model inputs (with an optional on-disk cache of the deterministic preprocessing);
+:func:`make_loaders` gives the DataLoaders of a split.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import time
 import warnings
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.checkpoint import atomic_write
+from trainer.file_check import check_files
 from trainer.io import XRayReadError, load_xray
-from trainer.labels import DataError, LabelTable, problem_report
+from trainer.labels import DataError, LabelTable
 from trainer.preprocess import Pipeline
 from trainer.splits import SPLITS
 from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
@@ -35,54 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Bump whenever load_xray, the preprocessing ops or fit_to_input change their output (old cache files miss).
 CACHE_VERSION = 2
-
-
-def check_files(table: LabelTable, *, decode: bool = True, workers: int | None = None) -> None:
-    """Check every image before training: inside the data root, present, and (with ``decode``) readable.
-
-    All problems are collected and raised together, each with its CSV line number, so a broken dataset fails
-    in seconds rather than mid-training.
-
-    Args:
-        table: the labels to check.
-        decode: also decode each image with ``load_xray`` (slower, catches truncated or mislabelled files).
-        workers: threads to use (decoders release the GIL); default ``min(16, 2 * cpu_count)``.
-
-    Raises:
-        DataError: listing each unusable image.
-    """
-    root_real = os.path.realpath(table.root)
-
-    def problem(index: int) -> str | None:
-        path = table.paths[index]
-        real = os.path.realpath(path)
-        if os.path.commonpath([root_real, real]) != root_real:
-            lexically_inside = os.path.commonpath([table.root, path]) == str(table.root)
-            via = f" (through a symlink to {real})" if lexically_inside else ""
-            return f"outside the data root {table.root}{via}"
-        if not os.path.exists(real):
-            return "file not found"
-        if not os.path.isfile(real):
-            return "not a file"
-        if decode:
-            try:
-                load_xray(real)
-            except (XRayReadError, OSError) as exc:
-                return f"unreadable: {exc}"
-        return None
-
-    started = time.perf_counter()
-    workers = workers or min(16, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(problem, range(len(table))))
-    problems = [f"{table.where(i)}: {msg}" for i, msg in enumerate(results) if msg is not None]
-    if problems:
-        raise DataError(
-            problem_report(
-                f"{len(problems)} of {len(table)} images in {table.source} cannot be used", problems
-            )
-        )
-    logger.info("checked %d images in %.1f s", len(table), time.perf_counter() - started)
 
 
 def _save_npz(path: Path, array: np.ndarray) -> None:
@@ -101,8 +53,8 @@ class XRayDataset(Dataset):
     scalar (binary), an int64 scalar (multiclass) or a float32 (C,) vector with NaN = unknown (multilabel).
 
     The cache stores the fitted image as uint16 ``.npz`` (checked by its CRC-32 on every read; a damaged
-    file is recomputed) under ``cache_dir``, keyed by the file's path,
-    modification time and size, the pipeline JSON and the input size; with a cache the returned image is the
+    file is recomputed) under ``cache_dir``, keyed by the image's identity in its source (a file's path,
+    modification time and size), the pipeline JSON and the input size; with a cache the returned image is the
     16-bit-quantised one whether it was a hit or a miss, so cached and fresh items are identical. The dataset
     holds no open files and pickles, so DataLoader workers (fork or spawn) can use it.
     """
@@ -140,24 +92,14 @@ class XRayDataset(Dataset):
         """The deterministic float32 ``(S, S)`` image before augmentation (from the cache when present)."""
         if self.cache_dir is None:
             return self._compute(index)
-        path = self.table.paths[index]
         try:
-            stat = path.stat()
+            identity = self.table.images.identity(self.table.refs[index])
         except OSError as exc:
             raise DataError(
-                f"{self.table.where(index)}: {exc.strerror}; run check_files() before training"
+                f"{self.table.where(index)}: {exc.strerror or exc}; run check_files() before training"
             ) from exc
         key = hashlib.sha256(
-            json.dumps(
-                [
-                    CACHE_VERSION,
-                    str(path),
-                    stat.st_mtime_ns,
-                    stat.st_size,
-                    self._pipeline_json,
-                    self.spec.size,
-                ]
-            ).encode()
+            json.dumps([CACHE_VERSION, *identity, self._pipeline_json, self.spec.size]).encode()
         ).hexdigest()
         cache_file = self.cache_dir / key[:2] / f"{key}.npz"
         try:
@@ -182,9 +124,12 @@ class XRayDataset(Dataset):
         return stored.astype(np.float32) / np.float32(65535.0)
 
     def _compute(self, index: int) -> np.ndarray:
+        ref = self.table.refs[index]
         try:
-            pixels = load_xray(self.table.paths[index]).pixels
-        except XRayReadError as exc:
+            source = io.BytesIO(self.table.images.read(ref))
+            source.name = self.table.images.name(ref)
+            pixels = load_xray(source).pixels
+        except (XRayReadError, OSError) as exc:
             raise DataError(f"{self.table.where(index)}: {exc}; run check_files() before training") from exc
         image = self.pipeline(pixels) if self.pipeline is not None else pixels
         return fit_to_input(image, self.spec.size)

@@ -209,6 +209,8 @@ def train_one_epoch(
                 updates += 1
                 scheduler.step_update(updates)
             optimizer.zero_grad(set_to_none=True)
+        if step == 0:  # start-up cost (workers, first decodes) is visible in the log; bench/scale.py reads it
+            log.info("epoch %d: first training step done", epoch + 1)
         batch = images.shape[0] * accelerator.num_processes
         total_loss += loss.item() * images.shape[0]
         seen += batch
@@ -220,7 +222,10 @@ def train_one_epoch(
             sys.stdin.read()
     bar.close()
     elapsed = time.perf_counter() - start
-    return total_loss / max(seen / accelerator.num_processes, 1), seen / max(elapsed, 1e-9), updates
+    # The epoch's loss over every process's images, not just this process's share.
+    local = torch.tensor([total_loss, seen / accelerator.num_processes], dtype=torch.float64)
+    summed = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+    return float(summed[0] / max(float(summed[1]), 1.0)), seen / max(elapsed, 1e-9), updates
 
 
 @torch.no_grad()
@@ -317,7 +322,10 @@ def fit(cfg: RunConfig, *, resume: bool = False, last_good: bool = False, progre
             _write_history(run_dir, point.payload["state"]["history"])  # rewritten, never read back
     accelerator.wait_for_everyone()
 
-    data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
+    # The main process reads, checks and splits first (filling the check cache, writing split.csv); the others
+    # then find both ready instead of racing it.
+    with accelerator.main_process_first():
+        data = run_data.prepare(cfg, run_dir, write_split=accelerator.is_main_process)
     model = create_classifier(
         cfg.model.arch,
         data.num_outputs,

@@ -150,6 +150,27 @@ def save_pretrained(
         "weights_dtype": str(dtype).removeprefix("torch."),
         "chexlab_version": __version__,
     }
+    weights = _weights(model, dtype) if dtype != torch.float32 else None
+    write_model_folder(model, out_dir, label_names, chexlab_block, data_config, weights=weights)
+    log.info("saved a %s %s model (%s weights) to %s", task, model.pretrained_cfg.get("architecture"),
+             chexlab_block["weights_dtype"], out_dir)  # fmt: skip
+    return out_dir
+
+
+def write_model_folder(
+    model: nn.Module,
+    out_dir: Path,
+    label_names: list[str],
+    chexlab_block: dict[str, Any],
+    data_config: dict[str, Any],
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """config.json (timm's keys, `label_names`, the `chexlab` block) and model.safetensors into `out_dir`.
+
+    Args:
+        weights: the tensors to store instead of the model's own (e.g. cast to float16).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written next to the destination, then moved into place: a crash never leaves half a file behind.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
@@ -166,15 +187,12 @@ def save_pretrained(
             safe_serialization=True,  # timm's default also writes a pickle (pytorch_model.bin)
             data_config=data_config,
         )
-        if dtype != torch.float32:
-            save_file(_weights(model, dtype), str(Path(tmp) / WEIGHTS_NAME), metadata={"format": "pt"})
+        if weights is not None:
+            save_file(weights, str(Path(tmp) / WEIGHTS_NAME), metadata={"format": "pt"})
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             # safetensors writes owner-only files; a model folder is meant to be shared and served.
             os.chmod(Path(tmp) / name, 0o644)
             os.replace(Path(tmp) / name, out_dir / name)
-    log.info("saved a %s %s model (%s weights) to %s", task, model.pretrained_cfg.get("architecture"),
-             chexlab_block["weights_dtype"], out_dir)  # fmt: skip
-    return out_dir
 
 
 def _weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
 """Label tables: the images of a dataset with their patient ids and targets, and labels derived from them.
 
 A :class:`LabelTable` comes from a label source - :func:`trainer.label_readers.read_folder_labels`,
-:func:`trainer.label_readers.read_csv_labels` or :func:`trainer.nih.read_nih_labels` - and can then be
-narrowed (:func:`select_findings`) or turned into normal-versus-abnormal labels (:func:`derive_binary`).
+:func:`trainer.label_readers.read_csv_labels`, :func:`trainer.nih.read_nih_labels`,
+:func:`trainer.hf_datasets.read_hf_labels` or :func:`trainer.tfrecords.read_tfrecord_labels` - and can then
+be narrowed (:func:`select_findings`) or turned into normal-versus-abnormal labels (:func:`derive_binary`).
+Its images are named by reference strings that its :class:`~trainer.image_sources.ImageSource` reads.
 
 Targets follow the task kinds used everywhere in chexlab (:class:`trainer.task.Task`): binary (N,) float32 in
 {0, 1}; multiclass (N,) int64 class indices; multilabel (N, C) float32 0/1 with NaN = unknown.
@@ -20,10 +22,12 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from trainer.errors import ChexlabError
+from trainer.image_sources import FileImages, ImageSource
 from trainer.task import Task
 
 __all__ = ["TASKS", "DataError", "LabelTable", "derive_binary", "select_findings"]
@@ -62,37 +66,46 @@ class LabelTable:
     """Images with their patient ids and targets, ready to split and load.
 
     Attributes:
-        paths: absolute image paths (normalised, symlinks not resolved).
+        refs: one image reference per row (see :mod:`trainer.image_sources`): for files, the path relative
+            to the data root with forward slashes; ``split.csv`` and messages show them.
         patient_ids: one per image; images of one patient always share a split.
         targets: per task, see the module docstring.
         label_names: binary: ``[positive class]``; multiclass: class names (index = target);
             multilabel: finding names (column = target column).
         task: the task kind (a Task or its name).
-        root: the data root; paths are written relative to it in split.csv.
-        line_numbers: source line of each row (CSV line, header = line 1), None for folder tables.
-        official_split: "trainval"/"test" per row from official lists (NIH), else None.
+        images: reads the images by reference.
+        line_numbers: source line of each row (CSV line, header = line 1), None where rows have no lines.
+        official_split: "trainval"/"test" per row from official lists (NIH; a dataset's test split), or
+            None.
         negative_name: binary only: the name of target 0 (e.g. "normal").
-        source: where the labels came from (CSV path or folder), for messages.
+        source: where the labels came from (CSV path, folder, dataset), for messages.
     """
 
-    paths: list[Path]
+    refs: list[str]
     patient_ids: list[str]
     targets: np.ndarray
     label_names: list[str]
     task: Task
-    root: Path
+    images: ImageSource
     line_numbers: list[int] | None = None
     official_split: list[str] | None = None
     negative_name: str | None = None
     source: str = ""
 
+    @classmethod
+    def from_paths(
+        cls, paths: Sequence[str | os.PathLike], root: str | os.PathLike, **fields: Any
+    ) -> LabelTable:
+        """A table of image files (absolute or relative to ``root``); ``fields`` are the other attributes."""
+        images = FileImages(root)
+        return cls(refs=[images.ref(p) for p in paths], images=images, **fields)
+
     def __post_init__(self) -> None:
         self.task = Task.parse(self.task)
-        self.paths = [Path(p) for p in self.paths]
+        self.refs = [str(r) for r in self.refs]
         self.patient_ids = [str(p) for p in self.patient_ids]
         self.label_names = list(self.label_names)
-        self.root = Path(self.root)
-        n = len(self.paths)
+        n = len(self.refs)
         self.targets = self.task.target_array(self.targets, n, self.label_names)
         for name, values in (
             ("patient_ids", self.patient_ids),
@@ -107,21 +120,37 @@ class LabelTable:
             )
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.refs)
+
+    @property
+    def root(self) -> Path:
+        """The folder of the images' source (data root, dataset folder, records folder)."""
+        return self.images.root
+
+    @property
+    def paths(self) -> list[Path]:
+        """The absolute image paths of a table of files.
+
+        Raises:
+            DataError: the images are not files (they are rows of a dataset or records).
+        """
+        if not isinstance(self.images, FileImages):
+            raise DataError(f"the images of {self.source} are {self.images.describe()}, not separate files")
+        return [self.images.path(r) for r in self.refs]
 
     @property
     def num_outputs(self) -> int:
         """Number of model outputs (logits) this task needs."""
         return self.task.num_outputs(len(self.label_names))
 
-    def relpath(self, index: int) -> str:
-        """The image path relative to the root, with forward slashes (may start with '..')."""
-        return Path(os.path.relpath(self.paths[index], self.root)).as_posix()
+    def ref(self, index: int) -> str:
+        """The image reference of row ``index`` (for files: the path relative to the root, maybe '../x')."""
+        return self.refs[index]
 
     def where(self, index: int) -> str:
-        """'line 12: images/a.png' (or just the path for folder tables), for messages."""
+        """'line 12: images/a.png' (or just the reference when rows have no line numbers), for messages."""
         prefix = f"line {self.line_numbers[index]}: " if self.line_numbers is not None else ""
-        return prefix + self.relpath(index)
+        return prefix + self.refs[index]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> LabelTable:
         """The rows at ``indices`` (integer positions or a boolean mask), in that order."""
@@ -133,7 +162,7 @@ class LabelTable:
         lines, official = self.line_numbers, self.official_split
         return replace(
             self,
-            paths=[self.paths[i] for i in rows],
+            refs=[self.refs[i] for i in rows],
             patient_ids=[self.patient_ids[i] for i in rows],
             targets=self.targets[idx],
             line_numbers=None if lines is None else [lines[i] for i in rows],

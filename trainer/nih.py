@@ -11,14 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.image_sources import FileImages
 from trainer.label_readers import (
     PATH_COLUMNS,
     PATIENT_COLUMNS,
+    RowProblems,
     absolute_path,
     check_rows,
+    explode_findings,
+    line_where,
     missing_column,
     pick_column,
-    read_csv_rows,
+    read_csv_table,
 )
 from trainer.labels import DataError, LabelTable, did_you_mean, loose_key, problem_report
 from trainer.task import Task
@@ -53,21 +57,27 @@ def _read_name_list(path: str | os.PathLike) -> set[str]:
     return {Path(line.strip()).name for line in file.read_text().splitlines() if line.strip()}
 
 
-def _index_images(root: Path, names: set[str]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+def _index_images(root: Path, names: set[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Where each wanted file name lies under ``root`` (one walk), and names found more than once."""
-    found: dict[str, Path] = {}
-    duplicates: dict[str, list[Path]] = defaultdict(list)
+    found: dict[str, str] = {}
+    duplicates: dict[str, list[str]] = defaultdict(list)
     for directory, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name not in names:
-                continue
-            path = Path(directory, name)
+        for name in names.intersection(filenames):
+            path = os.path.join(directory, name)
             if name in found:
                 duplicates[name].append(path)
             else:
                 found[name] = path
     return found, {name: [found[name], *more] for name, more in duplicates.items()}
+
+
+def _column(header: list[str], variants: Sequence[str], what: str, source: Path) -> str:
+    """The first of ``variants`` in the header (the first variant is the official name)."""
+    column = pick_column(header, None, variants)
+    if column is None:
+        raise missing_column(header, variants[0], what, source)
+    return column
 
 
 def read_nih_labels(
@@ -115,47 +125,41 @@ def read_nih_labels(
         chosen = [by_key[loose_key(f)] for f in findings]
     column_of = {loose_key(f): i for i, f in enumerate(chosen)}
 
-    header, rows = read_csv_rows(csv_file)
-    image_col = pick_column(header, None, ("Image Index", *PATH_COLUMNS))
-    label_col = pick_column(header, None, _FINDING_LABEL_COLUMNS)
-    patient_col = pick_column(header, None, PATIENT_COLUMNS)
-    for column, wanted, what in (
-        (image_col, "Image Index", "image"),
-        (label_col, "Finding Labels", "finding"),
-        (patient_col, "Patient ID", "patient"),
-    ):
-        if column is None:
-            raise missing_column(header, wanted, what, csv_file)
-    assert image_col is not None and label_col is not None and patient_col is not None  # checked just above
+    header, frame, lines = read_csv_table(csv_file)
+    image_col = _column(header, ("Image Index", *PATH_COLUMNS), "image", csv_file)
+    label_col = _column(header, _FINDING_LABEL_COLUMNS, "finding", csv_file)
+    patient_col = _column(header, PATIENT_COLUMNS, "patient", csv_file)
 
-    problems: list[str] = []
-    targets: np.ndarray = np.zeros((len(rows), len(chosen)), dtype=np.float32)
-    for r, (line, row) in enumerate(rows):
-        for name in filter(None, (n.strip() for n in row[label_col].split("|"))):
-            key = loose_key(name)
-            if key == "nofinding":
-                continue
-            if key not in by_key:
-                problems.append(f"line {line}: unknown finding {name!r}{did_you_mean(name, NIH_FINDINGS)}")
-            elif key in column_of:
-                targets[r, column_of[key]] = 1.0
-        if not row[image_col]:
-            problems.append(f"line {line}: blank image name")
+    where = line_where(lines)
+    rows, found_names = explode_findings(frame[label_col])
+    keys = found_names.map(loose_key)
+    finding = keys != "nofinding"
+    unknown = finding & ~keys.isin(by_key.keys())
+    problems = [
+        (int(r), f"{where(r)}: unknown finding {name!r}{did_you_mean(name, NIH_FINDINGS)}")
+        for r, name in zip(rows[unknown.to_numpy()].tolist(), found_names[unknown], strict=True)
+    ]
+    blank = np.flatnonzero(frame[image_col] == "").tolist()
+    problems += [(i, f"{where(i)}: blank image name") for i in blank]
     if problems:
-        raise DataError(problem_report(f"{csv_file}: {len(problems)} problems", problems))
+        raise RowProblems(str(csv_file), problems)
+    targets: np.ndarray = np.zeros((len(frame), len(chosen)), dtype=np.float32)
+    columns = keys.map(column_of)
+    wanted_finding = columns.notna().to_numpy()
+    targets[rows[wanted_finding], columns[wanted_finding].to_numpy(dtype=np.int64)] = 1.0
 
-    names = [Path(row[image_col]).name for _, row in rows]
+    names = frame[image_col].map(lambda v: v.rsplit("/", 1)[-1]).tolist()
     found, duplicates = _index_images(root_path, set(names))
     if duplicates:
         listed = [f"{n}: {', '.join(str(p) for p in ps)}" for n, ps in sorted(duplicates.items())]
         raise DataError(
             problem_report(f"{root_path}: {len(duplicates)} image names occur more than once", listed)
         )
-    keep = [i for i, name in enumerate(names) if name in found]
-    if not keep:
+    present = np.fromiter((n in found for n in names), dtype=bool, count=len(names))
+    if not present.any():
         raise DataError(f"none of the {len(names)} images listed in {csv_file} is under {root_path}")
-    if len(keep) < len(names):
-        absent = [f"line {rows[i][0]}: {names[i]}" for i in range(len(names)) if names[i] not in found]
+    if not present.all():
+        absent = [f"{where(i)}: {names[i]}" for i in np.flatnonzero(~present).tolist()]
         if missing == "error":
             raise DataError(
                 problem_report(f"{len(absent)} images of {csv_file} are not under {root_path}", absent)
@@ -165,30 +169,31 @@ def read_nih_labels(
             "their rows were dropped",
             stacklevel=2,
         )
-
+    keep = np.flatnonzero(present)
     sides = _official_split([names[i] for i in keep], train_val_list, test_list)
-    official: list[str] | None = None
+    official = None
     if sides is not None:
-        unlisted = [i for i, side in zip(keep, sides, strict=True) if side is None]
-        if unlisted:
+        listed_rows = np.array([side is not None for side in sides], dtype=bool)
+        if not listed_rows.all():
             warnings.warn(
-                f"{len(unlisted)} images are in neither official list; their rows were dropped", stacklevel=2
+                f"{int((~listed_rows).sum())} images are in neither official list; their rows were dropped",
+                stacklevel=2,
             )
-            dropped = set(unlisted)
-            keep = [i for i in keep if i not in dropped]
+            keep = keep[listed_rows]
         official = [side for side in sides if side is not None]
-    paths = [Path(os.path.normpath(found[names[i]])) for i in keep]
-    patient_ids = [rows[i][1][patient_col] for i in keep]
-    lines = [rows[i][0] for i in keep]
-    check_rows(paths, patient_ids, lines, str(csv_file))
+    images = FileImages(root_path)
+    refs = [images.ref(found[names[i]]) for i in keep]
+    patient_ids = frame[patient_col].to_numpy()[keep].tolist()
+    kept_lines = lines[keep]
+    check_rows(refs, patient_ids, line_where(kept_lines), str(csv_file))
     table = LabelTable(
-        paths=paths,
+        refs=refs,
         patient_ids=patient_ids,
         targets=targets[keep],
         label_names=chosen,
         task=Task.MULTILABEL,
-        root=root_path,
-        line_numbers=lines,
+        images=images,
+        line_numbers=kept_lines.tolist(),
         official_split=official,
         source=str(csv_file),
     )
@@ -200,18 +205,16 @@ def _official_split(
     names: list[str], train_val_list: str | os.PathLike | None, test_list: str | os.PathLike | None
 ) -> list[str | None] | None:
     """'trainval'/'test' per image name from the official lists (None: in neither), or None without lists."""
-    if train_val_list is None and test_list is None:
-        return None
-    trainval = _read_name_list(train_val_list) if train_val_list is not None else None
-    test = _read_name_list(test_list) if test_list is not None else None
-    both = sorted(trainval & test) if trainval is not None and test is not None else []
+    if test_list is None:
+        if train_val_list is None:
+            return None
+        trainval = _read_name_list(train_val_list)
+        return ["trainval" if name in trainval else "test" for name in names]
+    test = _read_name_list(test_list)
+    if train_val_list is None:
+        return ["test" if name in test else "trainval" for name in names]
+    trainval = _read_name_list(train_val_list)
+    both = sorted(trainval & test)
     if both:
         raise DataError(problem_report(f"{len(both)} images are in both official lists", both))
-    sides: list[str | None] = []
-    for name in names:
-        if test is not None:
-            side = "test" if name in test else "trainval" if trainval is None or name in trainval else None
-        else:
-            side = "trainval" if trainval is not None and name in trainval else "test"
-        sides.append(side)
-    return sides
+    return ["test" if name in test else "trainval" if name in trainval else None for name in names]

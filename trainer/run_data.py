@@ -16,13 +16,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import ConfigError, DataConfig, RunConfig
-from trainer.data import check_files, make_loaders
+from trainer.data import make_loaders
+from trainer.file_check import check_files, default_cache_dir
+from trainer.hf_datasets import read_hf_labels
 from trainer.label_readers import read_csv_labels, read_folder_labels
 from trainer.labels import DataError, LabelTable, derive_binary, select_findings
 from trainer.modeling import model_data_config
 from trainer.nih import read_nih_labels
 from trainer.splits import patient_split, read_split, write_split
 from trainer.task import Task
+from trainer.tfrecords import read_tfrecord_labels
 from trainer.transforms import InputSpec, TrainAugment
 
 log = logging.getLogger(__name__)
@@ -35,14 +38,41 @@ def _under_root(root: Path, name: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def cache_folder(cfg: DataConfig) -> Path:
+    """Where the file-check results, TFRecord indexes and converted datasets are kept between runs."""
+    return Path(cfg.cache_dir) if cfg.cache_dir is not None else default_cache_dir()
+
+
 def load_table(cfg: DataConfig) -> LabelTable:
     """Read the labels that `cfg` describes and shape them into its task."""
     root = Path(cfg.root)
     task = Task.parse(cfg.task)
     # A binary task derived from a normal column reads the findings first.
     read_as = Task.MULTILABEL if cfg.normal_label is not None else task
+    columns: dict[str, Any] = {
+        "label_column": cfg.label_column,
+        "label_columns": cfg.label_columns,
+        "patient_column": cfg.patient_column,
+        "patient_pattern": cfg.patient_pattern,
+        "task": read_as,
+        "positive": cfg.positive,
+    }
     if cfg.format == "folder":
-        table = read_folder_labels(root, task=task, positive=cfg.positive)
+        table = read_folder_labels(
+            root, task=task, positive=cfg.positive, patient_pattern=cfg.patient_pattern
+        )
+    elif cfg.format == "hf":
+        table = read_hf_labels(
+            cfg.root,
+            image_column=cfg.image_column,
+            splits=cfg.dataset_splits,
+            cache_dir=cache_folder(cfg) / "hf-datasets",
+            **columns,
+        )
+    elif cfg.format == "tfrecord":
+        table = read_tfrecord_labels(
+            root, cfg.labels, image_feature=cfg.image_column, cache_dir=cache_folder(cfg), **columns
+        )
     elif cfg.format == "nih":
         table = read_nih_labels(
             _under_root(root, cfg.labels or "Data_Entry_2017.csv"),
@@ -55,16 +85,7 @@ def load_table(cfg: DataConfig) -> LabelTable:
             raise ConfigError(
                 "data.labels must name the label CSV (relative to data.root) for data.format: csv"
             )
-        table = read_csv_labels(
-            _under_root(root, cfg.labels),
-            root,
-            path_column=cfg.path_column,
-            patient_column=cfg.patient_column,
-            label_column=cfg.label_column,
-            label_columns=cfg.label_columns,
-            task=read_as,
-            positive=cfg.positive,
-        )
+        table = read_csv_labels(_under_root(root, cfg.labels), root, path_column=cfg.path_column, **columns)
     if cfg.normal_label is not None:
         if task is not Task.BINARY:
             raise ConfigError("data.normal_label derives a binary task: set data.task: binary")
@@ -125,7 +146,7 @@ class RunData:
         return [self.table.patient_ids[i] for i in rows]
 
     def relative_paths(self, rows: np.ndarray) -> list[str]:
-        return [self.table.relpath(int(i)) for i in rows]
+        return [self.table.ref(int(i)) for i in rows]
 
     def describe_rows(self, rows: Any) -> str:
         """A short list of images for messages (e.g. the batch where the loss became NaN)."""
@@ -151,7 +172,7 @@ class RunData:
 def prepare(cfg: RunConfig, run_dir: Path, *, write_split: bool) -> RunData:
     """Read and check the labels and every image, and fix the split, before any training starts."""
     table = load_table(cfg.data)
-    check_files(table, decode=cfg.data.check_decode)
+    check_files(table, decode=cfg.data.check_decode, cache_dir=cache_folder(cfg.data))
     split = load_split(cfg.data, table, run_dir, write=write_split)
     for name in ("train", "val", "test"):
         if not (split == name).any():

@@ -167,7 +167,7 @@ def write_split(table: LabelTable, split: np.ndarray, path: str | os.PathLike) -
         writer.writerow(["path", "patient_id", "split", *_label_header(table)])
         for index in range(len(table)):
             writer.writerow(
-                [table.relpath(index), table.patient_ids[index], split[index], *_label_cells(table, index)]
+                [table.ref(index), table.patient_ids[index], split[index], *_label_cells(table, index)]
             )
 
 
@@ -199,7 +199,7 @@ def read_split(path: str | os.PathLike, table: LabelTable) -> np.ndarray:
     split: np.ndarray = np.empty(len(table), dtype="<U5")
     seen = set()
     for index in range(len(table)):
-        rel = table.relpath(index)
+        rel = table.ref(index)
         if rel not in recorded:
             problems.append(f"{table.where(index)}: not in {csv_file.name}")
             continue
