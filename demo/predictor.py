@@ -33,7 +33,7 @@ import numpy as np
 from torch import nn
 
 from demo.cam import CAM_METHODS, SLOW_METHODS, explain, overlay, prepare_for_cam
-from trainer.export import ModelInfo, ModelLoadError, load_model, resolve_source
+from trainer.export import ModelInfo, ModelLoadError, load_model
 from trainer.inference import class_probabilities, decide, output_names, prepare_input
 from trainer.io import MAX_PIXELS, XRay, load_xray
 from trainer.preprocess import Pipeline
@@ -315,7 +315,7 @@ class Predictor:
         if text.startswith(("hf-hub:", "local-dir:")):
             return text
         if Path(text).is_dir():
-            return resolve_source(text)
+            return f"local-dir:{text}"
         if _HUB_ID.match(text):
             return f"hf-hub:{text}"
         offered = ", ".join(self.choices()) or "none"
@@ -502,7 +502,7 @@ def _as_source(text: str) -> str:
         return text
     if _HUB_ID.match(text) and not Path(text).exists():
         return f"hf-hub:{text}"
-    return resolve_source(text) if Path(text).is_dir() else f"local-dir:{text}"
+    return f"local-dir:{text}"
 
 
 def _read_bytes(source: Source) -> tuple[bytes | None, Hashable | None]:
