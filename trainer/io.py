@@ -15,6 +15,7 @@ exceed 2**n - 1 and 65535 remains the right divisor.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import io
 import os
 import struct
@@ -34,6 +35,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff", "BMP": "bmp"}
 # ITU-R BT.601 luma, the weights Pillow's own "L" conversion uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+_EXIF_ORIENTATION = 0x0112
 
 
 class XRayReadError(ValueError):
@@ -70,7 +72,9 @@ class XRay:
     header: dict[str, str]
 
 
-def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> XRay:
+def load_xray(
+    source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> XRay:
     """Read a radiograph (DICOM, PNG, JPEG, TIFF or BMP) into float32 pixels in [0, 1].
 
     The format is recognised from the content; a `.dcm` name only makes a DICOM without the standard
@@ -80,6 +84,9 @@ def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int =
     Args:
         source: a file path, the file's bytes, or a binary file object (e.g. an upload).
         max_pixels: largest height * width accepted, checked before the pixel data is decoded.
+        max_side: if given, a larger image is area-downscaled right after decoding (JPEG: decoded at reduced
+            scale) so that its longer side is at most this, still in its stored bit depth: one read's memory
+            is then bounded whatever the pixel count. None keeps the full resolution.
 
     Returns:
         The image with its format, size, bit depth and (for DICOM) a header summary free of identifiers.
@@ -99,9 +106,13 @@ def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int =
 
     dataset = dicom.parse(data, suffix=Path(name).suffix.lower(), label=label)
     if dataset is not None:
-        xray = dicom.to_xray(dataset, max_pixels=max_pixels, label=label)
+        xray = dicom.to_xray(dataset, max_pixels=max_pixels, max_side=max_side, label=label)
     else:
-        xray = _read_image(data, name, label, max_pixels)
+        xray = _read_image(data, name, label, max_pixels, max_side)
+    if xray.pixels.shape != xray.original_size:
+        (height, width), (new_height, new_width) = xray.original_size, xray.pixels.shape
+        note = f"read at reduced resolution: {width}x{height} px downscaled to {new_width}x{new_height}"
+        xray = dataclasses.replace(xray, warnings=(*xray.warnings, note))
     for message in xray.warnings:
         warnings.warn(message, XRayWarning, stacklevel=2)
     return xray
@@ -119,6 +130,25 @@ def too_large_error(label: str, height: int, width: int, max_pixels: int) -> XRa
         f"megapixels, over the limit of {max_pixels / 1e6:.1f} megapixels; downsample it first, or pass a "
         "larger max_pixels if the memory is there"
     )
+
+
+def fit_within(values: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`values` (H, W[, C]) area-downscaled so that the longer side is at most `max_side`, in its own dtype.
+
+    Integer samples stay integers (rounded), so 16-bit levels survive and LUT indices stay indices; an image
+    that already fits (or `max_side=None`) is returned as it is.
+    """
+    height, width = values.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return values
+    import cv2  # imported on demand, as below: most reads need no resize
+
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if values.dtype in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(values.astype(np.float64), size, interpolation=cv2.INTER_AREA)  # e.g. int32
+    return (np.rint(resized) if values.dtype.kind in "iu" else resized).astype(values.dtype)
 
 
 def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, str]:
@@ -145,7 +175,7 @@ def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, s
     return bytes(data), name
 
 
-def _read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
+def _read_image(data: bytes, name: str, label: str, max_pixels: int, max_side: int | None) -> XRay:
     """Decode PNG, JPEG, TIFF or BMP with Pillow (OpenCV for 16-bit colour, which Pillow cuts to 8 bits)."""
     try:
         image = Image.open(io.BytesIO(data))
@@ -175,8 +205,12 @@ def _read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
             f"the file is named {name!r} but holds a {source_format.upper()} image, not a DICOM; "
             "read it as such"
         )
+    if max_side is not None and source_format == "jpeg":
+        image.draft(None, (max_side, max_side))  # JPEG decodes at 1/2, 1/4 or 1/8 scale, still >= max_side
     try:
-        pixels, bit_depth, window = _pil_pixels(image, data, source_format, found)
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width  # exif_transpose turns it a quarter
+        pixels, bit_depth, window = _pil_pixels(image, data, source_format, found, max_side)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise XRayReadError(
             f"cannot read {label}: the {source_format.upper()} data is truncated or corrupt ({exc}); "
@@ -185,7 +219,7 @@ def _read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
     return XRay(
         pixels=np.clip(pixels, 0.0, 1.0).astype(np.float32),
         source_format=source_format,
-        original_size=pixels.shape,
+        original_size=(height, width),
         bit_depth=bit_depth,
         photometric=image.mode,
         window=window,
@@ -195,9 +229,12 @@ def _read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
 
 
 def _pil_pixels(
-    image: Image.Image, data: bytes, source_format: str, found: list[str]
+    image: Image.Image, data: bytes, source_format: str, found: list[str], max_side: int | None
 ) -> tuple[np.ndarray, int, str | None]:
-    """(pixels in [0, 1], bits per sample, window) from a lazily opened Pillow image; appends to `found`."""
+    """(pixels in [0, 1], bits per sample, window) from a lazily opened Pillow image; appends to `found`.
+
+    Samples are downscaled to `max_side` as decoded, before any conversion to floating point.
+    """
     mode = image.mode
     stored_bits = _stored_bits(image, data, source_format)
     if stored_bits > 8 and mode in ("RGB", "RGBA"):
@@ -206,15 +243,20 @@ def _pil_pixels(
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None:
             raise ValueError(f"OpenCV could not decode the {stored_bits}-bit colour data")
-        gray = _gray_from_rgb(decoded[..., 2::-1], mode, found)  # OpenCV gives BGR(A)
-        return _scale_16bit(gray, _png_significant_bits(data) if source_format == "png" else None)
+        significant = _png_significant_bits(data) if source_format == "png" else None
+        scale, bits = _full_scale_16bit(decoded[..., :3], significant)  # on every sample, before the resize
+        gray = _gray_from_rgb(fit_within(decoded, max_side)[..., 2::-1], mode, found)  # OpenCV gives BGR(A)
+        return gray / scale, bits, None
     image = ImageOps.exif_transpose(image)
     if mode.startswith("I;16"):
         significant = _png_significant_bits(data) if source_format == "png" else None
-        return _scale_16bit(np.asarray(image, dtype=np.float64), significant)
+        stored = np.asarray(image)
+        scale, bits = _full_scale_16bit(stored, significant)  # decided on every sample, before the resize
+        return fit_within(stored, max_side) / scale, bits, None
     if mode in ("I", "F"):  # 32-bit integer or float samples (TIFF): no fixed full scale
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
+        stored = np.asarray(image)
+        low, high = float(stored.min()), float(stored.max())
+        values = fit_within(stored, max_side).astype(np.float64)
         if mode == "F" and low >= 0.0 and high <= 1.0:
             return values, 32, None
         span = high - low
@@ -225,11 +267,11 @@ def _pil_pixels(
             f"min/max of the pixel data ({low:g} to {high:g}); 32-bit samples have no fixed range",
         )
     if mode == "1":
-        return np.asarray(image, dtype=np.float64), 1, None
+        return fit_within(np.asarray(image, dtype=np.float32), max_side), 1, None
     if mode in ("L", "LA", "La"):
-        return np.asarray(image.convert("L"), dtype=np.float64) / 255.0, 8, None
+        return fit_within(np.asarray(image.convert("L")), max_side) / 255.0, 8, None
     # RGB, RGBA, P, PA, CMYK, YCbCr, ...: converting to RGB drops any alpha channel.
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = fit_within(np.asarray(image.convert("RGB")), max_side)
     return _gray_from_rgb(rgb, mode, found) / 255.0, 8, None
 
 
@@ -242,11 +284,11 @@ def _gray_from_rgb(rgb: np.ndarray, mode: str, found: list[str]) -> np.ndarray:
     return luma(rgb)
 
 
-def _scale_16bit(values: np.ndarray, significant: int | None) -> tuple[np.ndarray, int, None]:
-    """Divide 16-bit samples by their full scale (see the module docstring for the sBIT rule)."""
+def _full_scale_16bit(values: np.ndarray, significant: int | None) -> tuple[float, int]:
+    """(full scale, bits) of 16-bit samples: the sBIT rule of the module docstring."""
     if significant is not None and significant < 16 and values.max() <= 2**significant - 1:
-        return values / (2**significant - 1), significant, None
-    return values / 65535.0, 16, None
+        return float(2**significant - 1), significant
+    return 65535.0, 16
 
 
 def _stored_bits(image: Image.Image, data: bytes, source_format: str) -> int:
