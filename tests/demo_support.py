@@ -118,13 +118,8 @@ def serve(build: Callable[[], gr.Blocks], cache_dir: Path) -> Iterator[str]:
     demo = None
     try:
         demo = build()
-        _, url, _ = demo.launch(
-            server_name="127.0.0.1",
-            server_port=free_port(),
-            prevent_thread_lock=True,
-            quiet=True,
-            **launch_options(),
-        )
+        options = {**launch_options(), "server_name": "127.0.0.1", "server_port": free_port()}
+        _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
         yield url
     finally:
         if demo is not None:

@@ -22,11 +22,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.checkpoint import atomic_write
+from trainer.inference import InputTransform
 from trainer.io import XRayReadError, load_xray
 from trainer.labels import DataError, LabelTable, problem_report
-from trainer.preprocess import Pipeline
+from trainer.preprocess import Pipeline, PreprocessWarning
 from trainer.splits import SPLITS
-from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
+from trainer.transforms import InputSpec
 
 __all__ = ["XRayDataset", "check_files", "make_loaders"]
 
@@ -93,10 +94,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 class XRayDataset(Dataset):
     """Images of a :class:`LabelTable` as model inputs.
 
-    Per item: ``load_xray`` -> the model's preprocessing ``pipeline`` -> ``fit_to_input`` (letterbox to the
-    model's size) -> [on-disk cache of that deterministic result] -> ``augment`` (training only) ->
-    ``to_model_tensor``. Items are ``(image (3, S, S) float32, target, index)``; the target is a float32
-    scalar (binary), an int64 scalar (multiclass) or a float32 (C,) vector with NaN = unknown (multilabel).
+    Per item: ``load_xray`` -> the model's :class:`~trainer.inference.InputTransform` (the preprocessing
+    ``pipeline``, the letterbox to the model's size) -> [on-disk cache of that deterministic result] ->
+    ``augment`` (training only) -> the transform's normalisation. Items are ``(image (3, S, S) float32,
+    target, index)``; the target is a float32 scalar (binary), an int64 scalar (multiclass) or a float32 (C,)
+    vector with NaN = unknown (multilabel).
 
     The cache stores the fitted image as uint16 ``.npy`` under ``cache_dir``, keyed by the file's path,
     modification time and size, the pipeline JSON and the input size; with a cache the returned image is the
@@ -114,11 +116,10 @@ class XRayDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.table = table
-        self.spec = spec
-        self.pipeline = pipeline
+        self.transform = InputTransform(pipeline or Pipeline(), spec)
         self.augment = augment
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._pipeline_json = pipeline.to_json() if pipeline is not None else "[]"
+        self._pipeline_json = self.transform.pipeline.to_json()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -128,7 +129,7 @@ class XRayDataset(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         return (
-            to_model_tensor(image, self.spec.mean, self.spec.std),
+            self.transform.normalise(image),
             torch.as_tensor(self.table.targets[index]),
             index,
         )
@@ -152,7 +153,7 @@ class XRayDataset(Dataset):
                     stat.st_mtime_ns,
                     stat.st_size,
                     self._pipeline_json,
-                    self.spec.size,
+                    self.transform.spec.size,
                 ]
             ).encode()
         ).hexdigest()
@@ -164,7 +165,7 @@ class XRayDataset(Dataset):
         except (ValueError, OSError, EOFError) as exc:
             logger.warning("ignoring unreadable cache file %s (%s)", cache_file, exc)
             stored = None
-        size = self.spec.size
+        size = self.transform.spec.size
         if stored is None or stored.shape != (size, size) or stored.dtype != np.uint16:
             stored = np.round(self._compute(index) * 65535.0).astype(np.uint16)
             try:
@@ -182,8 +183,10 @@ class XRayDataset(Dataset):
             pixels = load_xray(self.table.paths[index]).pixels
         except XRayReadError as exc:
             raise DataError(f"{self.table.where(index)}: {exc}; run check_files() before training") from exc
-        image = self.pipeline(pixels) if self.pipeline is not None else pixels
-        return fit_to_input(image, self.spec.size)
+        image, notes = self.transform.fit(pixels)
+        for note in notes:
+            warnings.warn(note, PreprocessWarning, stacklevel=2)
+        return image
 
 
 def make_loaders(

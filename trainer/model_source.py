@@ -115,7 +115,7 @@ class ModelSource:
                 kind, location = bare, text
         valid = ", ".join(_FORMS[k] for k in SourceKind if k in kinds)
         if kind is None:
-            hint = "; a weights file is file:PATH.safetensors" if text.lower().endswith(".safetensors") else ""
+            hint = "; a weights file is file:PATH.safetensors" if text.endswith(".safetensors") else ""
             raise ModelSourceError(f"model source '{quote(text)}' has no prefix; valid: {valid}{hint}")
         if not location and kind is not SourceKind.TIMM:
             raise ModelSourceError(f"model source '{text}' is not of the form {_FORMS[kind]}: it is empty")

@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from trainer.export import load_model
-from trainer.inference import class_probabilities, decide, output_names, predict_tensors, prepare_input
+from trainer.inference import InputTransform, class_probabilities, decide, output_names, predict_tensors
 from trainer.io import XRayReadError, load_xray
-from trainer.transforms import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def predict_to_csv(
     An unreadable image gets a row with its error message instead of stopping the whole batch.
     """
     model, info = load_model(model_source, revision=revision)
-    spec = InputSpec.from_data_config(info.data_config)
+    transform = InputTransform.for_model(info)
     paths = collect_inputs(inputs)
     names = output_names(info.task, info.label_names, info.negative_name)
     out = Path(out)
@@ -85,7 +84,7 @@ def predict_to_csv(
                 except XRayReadError as err:
                     writer.writerow([str(path), *([""] * len(names)), "", "", str(err)])
                     continue
-                prepared = prepare_input(xray.pixels, info.pipeline, spec)
+                prepared = transform(xray.pixels)
                 ready.append((path, [*xray.warnings, *prepared.warnings]))
                 tensors.append(prepared.tensor)
             if not tensors:
