@@ -188,7 +188,7 @@ class ModelCatalog:
         try:
             source = self._parse(text)
         except ModelSourceError as err:
-            raise ModelLoadError(f"{err}; {self._advice()}") from None
+            raise ModelLoadError(f"{err}; or pick one of the offered models ({self._names()})") from None
         if source is None:
             raise ModelLoadError(f"unknown model '{quote(text)}': {self._advice()}")
         for name, offered in self.offered.items():
@@ -227,9 +227,12 @@ class ModelCatalog:
     def _advice(self) -> str:
         folder = "" if self.public else ", or give a model folder"
         return (
-            f"pick one of the offered models ({', '.join(self.offered) or 'none'}) or type a Hugging Face "
-            f"Hub id such as org/name{folder}"
+            f"pick one of the offered models ({self._names()}) or type a Hugging Face Hub id such as "
+            f"org/name{folder}"
         )
+
+    def _names(self) -> str:
+        return ", ".join(self.offered) or "none"
 
 
 def _operator_source(entry: str | os.PathLike[str] | ModelSource) -> ModelSource:

@@ -30,7 +30,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # `streamlit run demo/compare.py` puts demo/, not the checkout, on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import streamlit as st
 from PIL import Image
 
@@ -54,7 +53,8 @@ from demo.comparison import (
     to_csv,
 )
 from demo.examples import EXAMPLES_ENV, example_files
-from demo.predictor import USER_ERRORS, LoadedModel, Predictor, internal_error
+from demo.memory import limit_allocator
+from demo.predictor import USER_ERRORS, LoadedModel, Predictor, as_uint8, internal_error
 from trainer.model_source import quote
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def get_predictor(env: tuple[tuple[str, str], ...], public: bool) -> Predictor:
     forward pass with CAM hooks runs under the model's `demo.cam.model_lock`. What a session types or loads
     stays in its own `st.session_state`.
     """
+    limit_allocator()  # once per server process: see demo/memory.py
     environ = dict(env)
     presets = tuple(m.strip() for m in environ.get(MODELS_PRESET_ENV, "").split(",") if m.strip())
     return Predictor.from_env(environ, extra=presets, public=public, max_models=MAX_MODELS + 1)
@@ -304,7 +305,7 @@ def _grid(result: Comparison) -> None:
             slots = st.columns(spec)
             with slots[0]:
                 if row.thumbnail is not None:
-                    st.image(_uint8(row.thumbnail), width=CELL_SIDE)
+                    st.image(as_uint8(row.thumbnail), width=CELL_SIDE)
                 short = Path(row.image.name).name
                 st.markdown(f"**{_plain(short)}**", help=row.image.name if short != row.image.name else None)
                 if row.image.label:
@@ -324,7 +325,7 @@ def _cell(cell: Cell, pair: bool) -> None:
     overlay = Image.fromarray(pred.overlay).resize((CELL_SIDE, CELL_SIDE), Image.Resampling.BILINEAR)
     if pair:
         produced, explained = st.columns(2)
-        produced.image(_uint8(pred.after), caption="What the model sees", width="stretch")
+        produced.image(as_uint8(pred.after), caption="What the model sees", width="stretch")
         explained.image(overlay, caption=pred.method, width="stretch")
     else:
         st.image(overlay, width=CELL_SIDE)
@@ -344,10 +345,6 @@ def _cell(cell: Cell, pair: bool) -> None:
 def _plain(text: str) -> str:
     """`text` shown as is in Markdown (file names such as train__person1_virus.png hold emphasis marks)."""
     return "".join(f"\\{c}" if c in "\\`*_[]<>#|~$" else c for c in text)
-
-
-def _uint8(image: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 if __name__ == "__main__":

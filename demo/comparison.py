@@ -36,6 +36,7 @@ from demo.predictor import (
     Prediction,
     Predictor,
     Toggles,
+    as_uint8,
     describe_pipeline,
     internal_error,
 )
@@ -816,8 +817,7 @@ def _draw_cell(
 
 
 def _gray(image: np.ndarray, side: int) -> Image.Image:
-    pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return Image.fromarray(pixels).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+    return Image.fromarray(as_uint8(image)).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
 
 
 def _fit(text: str, width: int, font: ImageFont.FreeTypeFont) -> str:

@@ -26,7 +26,7 @@ from demo.comparison import (
     images_from_paths,
     to_csv,
 )
-from demo.gradio_handlers import DEFAULT_METHOD, TOP_CLASS, App, bind, save_download
+from demo.gradio_handlers import DEFAULT_METHOD, TOP_CLASS, App, bind, save_files
 from demo.predictor import USER_ERRORS, LoadedModel, internal_error
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ def compare(
         raise gr.Error(f"The comparison failed: {internal_error(err)}.", title="Unexpected error",
                        print_exception=False) from None  # fmt: skip
     png, text = grid_png(result), to_csv(result)
-    png_path = save_download(app, {"chexlab-comparison.png": png, "chexlab-comparison.csv": text.encode()})
-    csv_path = png_path.with_name("chexlab-comparison.csv")
+    folder = save_files(app, {"chexlab-comparison.png": png, "chexlab-comparison.csv": text.encode()})
+    png_path, csv_path = folder / "chexlab-comparison.png", folder / "chexlab-comparison.csv"
     rows = result.summary_rows()
     table = {"headers": list(rows[0]), "data": [list(row.values()) for row in rows]}
     return f"**{result.headline()}**", table, str(png_path), str(csv_path), str(png_path)

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from demo.predictor import (
     Prediction,
     Predictor,
     Toggles,
+    as_uint8,
     describe_pipeline,
     internal_error,
 )
@@ -121,12 +123,13 @@ def predict(app: App, file: str | None, model: str | None, **settings: Any) -> t
     the (before, after) preprocessing images, warnings, the image details and a note on the map.
     """
     result = analyse(app, file, model, Settings.from_inputs(settings))
+    overlay = save_overlay(app, result, file or "")
     return (
         result.probabilities,
         result.decision,
-        result.overlay,
-        save_overlay(app, result, file or ""),
-        (_uint8(result.before), _uint8(result.after)),
+        overlay,
+        overlay,
+        save_before_after(app, result),
         notes_markdown(result),
         details_markdown(result),
         cam_markdown(result),
@@ -141,7 +144,8 @@ def explain(app: App, file: str | None, model: str | None, **settings: Any) -> t
     if not file:  # the explanation settings changed before any upload: nothing to explain yet
         return gr.skip(), gr.skip(), gr.skip()
     result = analyse(app, file, model, Settings.from_inputs(settings))
-    return result.overlay, save_overlay(app, result, file), cam_markdown(result)
+    overlay = save_overlay(app, result, file)
+    return overlay, overlay, cam_markdown(result)
 
 
 def rerun(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
@@ -368,38 +372,50 @@ def details_markdown(result: Prediction) -> str:
     return text
 
 
-def _uint8(image: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def save_overlay(app: App, result: Prediction, file: str) -> str:
     """The overlay as a PNG file, named after the upload, the method and the class."""
-    data = io.BytesIO()
-    Image.fromarray(result.overlay).save(data, format="PNG")
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(file).stem)[:60] or "radiograph"
     method = result.method.replace("+", "plus").replace(" ", "")
     target = "".join(c if c.isalnum() else "_" for c in result.target)
-    return str(save_download(app, {f"{stem}_{method}_{target}.png": data.getvalue()}))
+    name = f"{stem}_{method}_{target}.png"
+    return str(save_files(app, {name: _png(result.overlay)}) / name)
 
 
-def save_download(app: App, files: Mapping[str, bytes]) -> Path:
-    """Write files for download into a folder named by their content; returns the first file's path.
+def save_before_after(app: App, result: Prediction) -> tuple[str, str]:
+    """The radiograph before and after preprocessing as PNG files (for the before/after slider)."""
+    folder = save_files(
+        app, {"before.png": _png(as_uint8(result.before)), "after.png": _png(as_uint8(result.after))}
+    )
+    return str(folder / "before.png"), str(folder / "after.png")
 
-    Only the newest DOWNLOADS_KEPT folders are kept (Gradio copies what it serves into its own cache).
+
+def _png(image: np.ndarray) -> bytes:
+    data = io.BytesIO()
+    Image.fromarray(image).save(data, format="PNG")
+    return data.getvalue()
+
+
+def save_files(app: App, files: Mapping[str, bytes]) -> Path:
+    """Write files into a folder named by their content, each atomically; returns the folder.
+
+    Results are served as files rather than arrays: Gradio rewrites an array's PNG in place in its cache,
+    so two requests with the same result could serve each other a half-written file; a file it copies by
+    renaming. Only the newest DOWNLOADS_KEPT folders are kept (Gradio serves its own copies).
     """
-    digest = hashlib.sha256(b"".join(files.values())).hexdigest()[:20]
-    folder = app.download_dir / digest
+    folder = app.download_dir / hashlib.sha256(b"".join(files.values())).hexdigest()[:20]
     folder.mkdir(parents=True, exist_ok=True)
     for name, payload in files.items():
-        (folder / name).write_bytes(payload)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as handle:
+            handle.write(payload)
+        os.replace(handle.name, folder / name)
     _prune(app.download_dir, DOWNLOADS_KEPT)
-    return folder / next(iter(files))
+    return folder
 
 
 def _prune(root: Path, keep: int) -> None:
     folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     for folder in folders[keep:]:
-        with contextlib.suppress(OSError):  # another request may be pruning the same folder
+        with contextlib.suppress(OSError):  # another request may be pruning or filling the same folder
             for item in folder.iterdir():
                 item.unlink(missing_ok=True)
             folder.rmdir()

@@ -52,6 +52,7 @@ __all__ = [
     "Predictor",
     "RequestError",
     "Toggles",
+    "as_uint8",
     "describe_pipeline",
     "internal_error",
 ]
@@ -75,6 +76,11 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ModelSourceError,
     DataError,
 )
+
+
+def as_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as 8-bit pixels for display."""
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def internal_error(err: Exception) -> str:

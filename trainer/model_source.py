@@ -140,8 +140,8 @@ class ModelSource:
             validate_repo_id(repo_id)
         except HFValidationError:
             raise ModelSourceError(
-                f"'{quote(repo_id)}' is not a Hugging Face Hub model id: give org/name (letters, digits, "
-                "'-', '_' and '.', at most 96 characters)"
+                f"'{quote(repo_id)}' is not a Hugging Face Hub model id (org/name: letters, digits, '-', '_' "
+                "and '.', at most 96 characters)"
             ) from None
         if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision):
             raise ModelSourceError(f"'{quote(revision)}' is not a Hub revision: give a branch, tag or commit")
