@@ -82,8 +82,14 @@ def server(port: int, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[st
     Its output is kept (the last lines) and printed if anything fails meanwhile.
     """
     env = {**env, "GRADIO_SERVER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    options = {"cwd": ROOT, "env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    child = subprocess.Popen([sys.executable, "-c", SERVE], **options)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVE],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert child.stdout is not None
     seen: collections.deque[str] = collections.deque(maxlen=60)
     try:

@@ -67,6 +67,10 @@ SOURCES = ("Examples", "Folder", "Upload")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff", "bmp"]
 CELL_SIDE = 240  # images in the grid are shown (and sent to the browser) at most this wide
 FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
+FOLDER_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    *USER_ERRORS,
+)  # a folder that is gone or holds no images
 CSS = """
 <style>
 .chx-disagree { color: #b42318; font-weight: 600; }
@@ -157,13 +161,13 @@ def _page(predictor: Predictor) -> None:
         )
         if result is not None:
             st.session_state["comparison"], st.session_state["settings"] = result, settings
-    result: Comparison | None = st.session_state.get("comparison")
-    if result is None:
+    shown: Comparison | None = st.session_state.get("comparison")
+    if shown is None:
         st.info("Pick the models and the images in the sidebar, then press **Compare**.")
         return
     if st.session_state.get("settings") != settings:
         st.info("The settings changed since this comparison: press **Compare** to update it.")
-    _show(result.with_opacity(opacity))
+    _show(shown.with_opacity(opacity))
 
 
 def _label(predictor: Predictor, name: str) -> str:
@@ -198,7 +202,7 @@ def _image_picker(public: bool) -> tuple[list[ImageItem], object]:
             return [], None
         try:
             return images_from_folder(folder, limit=limit), (folder, limit)
-        except (OSError, *USER_ERRORS) as err:
+        except FOLDER_ERRORS as err:
             st.error(str(err) if not public else "The preset folder of images cannot be read.")
             return [], None
     if source == "Upload":
@@ -206,8 +210,9 @@ def _image_picker(public: bool) -> tuple[list[ImageItem], object]:
             "Radiographs (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP)", type=UPLOAD_TYPES,
             accept_multiple_files=True,
         )  # fmt: skip
-        items = [ImageItem(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
-        return items, tuple(hashlib.sha256(item.source).hexdigest() for item in items)
+        contents = [(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
+        key = tuple(hashlib.sha256(data).hexdigest() for _, data in contents)
+        return [ImageItem(name, data) for name, data in contents], key
     paths = example_files(limit=MAX_IMAGES)
     if not paths:
         st.caption(f"No examples: install pydicom-data or set {EXAMPLES_ENV} to a folder of images.")
@@ -329,11 +334,12 @@ def _cell(cell: Cell, pair: bool) -> None:
         explained.image(overlay, caption=pred.method, width="stretch")
     else:
         st.image(overlay, width=CELL_SIDE)
-    verdict = {
+    verdict: dict[bool | None, str] = {
         True: ' <span class="chx-right">(right)</span>',
         False: ' <span class="chx-wrong">(wrong)</span>',
+        None: "",
     }
-    st.markdown(f"**{cell.decision}**{verdict.get(cell.correct, '')}", unsafe_allow_html=True)
+    st.markdown(f"**{cell.decision}**{verdict[cell.correct]}", unsafe_allow_html=True)
     top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:4]
     st.caption("  \n".join(f"{name}: {p:.2f}" for name, p in top))
     notes = ([cell.note] if cell.note else []) + list(pred.warnings)

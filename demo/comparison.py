@@ -144,7 +144,7 @@ def images_from_folder(folder: str | Path, *, limit: int = MAX_IMAGES) -> list[I
 def images_from_paths(paths: Iterable[str | Path]) -> list[ImageItem]:
     """Images from file paths; labels come from a labels.csv in the file's folder or the one above it."""
     items = []
-    tables: dict[Path, dict[Path, str]] = {}
+    tables: dict[Path, dict[Path, str | None]] = {}
     for entry in paths:
         path = Path(entry)
         label = None
@@ -173,7 +173,7 @@ def _display_name(path: Path, root: Path) -> str:
         return path.name
 
 
-def _folder_labels(root: Path) -> dict[Path, str]:
+def _folder_labels(root: Path) -> dict[Path, str | None]:
     """Resolved path -> label, from root/labels.csv or from class sub-folders; {} when there are none."""
     # The readers warn (through `warnings`) about missing patient ids and ignored files: harmless here, and
     # silencing them would swap process-wide state under other requests' threads.
@@ -464,10 +464,10 @@ def _compare(
     by_decision = len(outputs) == 1
     rows = []
     for i, item in enumerate(images):
-        cells = tuple(grid[c][i] for c in range(len(columns)))
-        answers = {cell.answer(by_decision) for cell in cells} - {None}
+        row_cells = tuple(grid[c][i] for c in range(len(columns)))
+        answers = {cell.answer(by_decision) for cell in row_cells} - {None}
         thumbnail, read_error = reads[i]
-        rows.append(Row(item, thumbnail, cells, disagree=len(answers) > 1, error=read_error))
+        rows.append(Row(item, thumbnail, row_cells, disagree=len(answers) > 1, error=read_error))
     order = sorted(range(len(rows)), key=lambda i: not rows[i].disagree)  # stable: input order otherwise
     summaries = tuple(
         _summary(column, model, [row.cells[c] for row in rows], [row.image for row in rows])
@@ -620,7 +620,8 @@ def _truth_set(model: LoadedModel, truth: float | int | np.ndarray) -> frozenset
         return frozenset({model.outputs[0] if truth == 1 else model.outputs[1]})
     if model.task.exclusive:
         return frozenset({info.label_names[int(truth)]})
-    return frozenset(name for name, hit in zip(info.label_names, truth, strict=True) if hit == 1)
+    hits = np.asarray(truth).reshape(-1)
+    return frozenset(name for name, hit in zip(info.label_names, hits, strict=True) if hit == 1)
 
 
 def _summary(
@@ -630,6 +631,7 @@ def _summary(
     calls = [cell.abnormal for cell, _ in done if cell.abnormal is not None]
     labelled = [(cell, image) for cell, image in done if cell.correct is not None]
     accuracy = float(np.mean([cell.correct for cell, _ in labelled])) if labelled else None
+    scored = [(cell.prediction, image) for cell, image in labelled if cell.prediction is not None]
     return ColumnSummary(
         column=column.name,
         analysed=len(done),
@@ -637,15 +639,15 @@ def _summary(
         abnormal_rate=float(np.mean(calls)) if calls else None,
         labelled=len(labelled),
         accuracy=accuracy,
-        auc=_auc(model, labelled) if model is not None and labelled else None,
+        auc=_auc(model, scored) if model is not None and scored else None,
     )
 
 
-def _auc(model: LoadedModel, labelled: list[tuple[Cell, ImageItem]]) -> float | None:
+def _auc(model: LoadedModel, labelled: list[tuple[Prediction, ImageItem]]) -> float | None:
     """The model's AUC on the labelled images (macro / mean over findings); None where undefined."""
     info = model.info
     targets = [_truth(model, image.label) for _, image in labelled]
-    probs = [[cell.prediction.probabilities[name] for name in info.label_names] for cell, _ in labelled]
+    probs = [[pred.probabilities[name] for name in info.label_names] for pred, _ in labelled]
     try:
         metrics = evaluate_predictions(
             info.task,
@@ -692,7 +694,10 @@ def to_csv(comparison: Comparison) -> str:
         for column, cell in zip(comparison.columns, row.cells, strict=True):
             pred = cell.prediction
             probs = pred.probabilities if pred is not None else {}
-            notes = [cell.error] if cell.error else [*([cell.note] if cell.note else []), *pred.warnings]
+            if pred is None:
+                notes = [cell.error or "no result"]
+            else:
+                notes = [*([cell.note] if cell.note else []), *pred.warnings]
             writer.writerow([
                 row.image.name,
                 row.image.label or "",

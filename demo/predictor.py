@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from torch import nn
@@ -60,7 +60,7 @@ __all__ = [
 DISPLAY_SIDE = 512  # before/after images and overlays are shown at least this large, whatever the model input
 MAX_SIDE = 2048  # uploads are read at most this large (longer side): one request's memory stays bounded
 
-Source = str | os.PathLike | bytes | IO[bytes]
+Source = str | os.PathLike[str] | bytes | BinaryIO
 
 
 class RequestError(ChexlabError, ValueError):

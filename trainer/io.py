@@ -254,9 +254,9 @@ def _pil_pixels(
         scale, bits = _full_scale_16bit(stored, significant)  # decided on every sample, before the resize
         return fit_within(stored, max_side) / scale, bits, None
     if mode in ("I", "F"):  # 32-bit integer or float samples (TIFF): no fixed full scale
-        stored = np.asarray(image)
-        low, high = float(stored.min()), float(stored.max())
-        values = fit_within(stored, max_side).astype(np.float64)
+        samples = np.asarray(image)
+        low, high = float(samples.min()), float(samples.max())
+        values: np.ndarray = fit_within(samples, max_side).astype(np.float64)
         if mode == "F" and low >= 0.0 and high <= 1.0:
             return values, 32, None
         span = high - low
