@@ -30,15 +30,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import DOC, replace_section  # noqa: E402
-from demo.predictor import (  # noqa: E402
-    DEFAULT_MODEL_ENV,
-    MODELS_DIR,
-    ModelLoadError,
-    Predictor,
-    builtin_example,
-    describe_pipeline,
-)
-from trainer.inference import prepare_input  # noqa: E402
+from demo.catalog import DEFAULT_MODEL_ENV, MODELS_DIR  # noqa: E402
+from demo.examples import builtin_example  # noqa: E402
+from demo.predictor import ModelLoadError, Predictor, describe_pipeline  # noqa: E402
 from trainer.io import load_xray  # noqa: E402
 
 SIDE = 1024
@@ -71,10 +65,11 @@ def bare_forward_backward(model: torch.nn.Module, tensor: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def measure(model_source: str, image: Path, runs: int, warmup: int, method: str) -> dict[str, Any]:
-    predictor = Predictor({Path(model_source).name: model_source}, cache_size=0)
-    loaded = predictor.load(Path(model_source).name)
-    model_input = prepare_input(load_xray(image).pixels, loaded.info.pipeline, loaded.spec)
+def measure(model_source: str, image: Path, runs: int, warmup: int, method: str) -> dict[str, object]:
+    name = Path(model_source).name
+    predictor = Predictor({name: model_source}, cache_size=0)
+    loaded = predictor.load(name)
+    model_input = loaded.transform(load_xray(image).pixels)
     demo_times, bare_times = [], []
     for run in range(warmup + runs):
         started = time.perf_counter()
@@ -89,7 +84,7 @@ def measure(model_source: str, image: Path, runs: int, warmup: int, method: str)
     return {
         "model": loaded.name,
         "arch": loaded.info.arch,
-        "input": loaded.spec.size,
+        "input": loaded.transform.spec.size,
         "pipeline": describe_pipeline(loaded.info.pipeline),
         "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "demo": demo_times,

@@ -7,11 +7,15 @@ shows each model's probabilities, decision and class activation map per image, t
 disagree come first, and the comparison downloads as a CSV and a PNG. The logic lives in
 `demo/comparison.py` (shared with the Gradio app's Compare page); this file is only the page.
 
-Environment variables (besides CHEXLAB_DEFAULT_MODEL, CHEXLAB_MODELS and CHEXLAB_EXAMPLES, as in the
-Gradio app; see `demo/predictor.py`):
+Environment variables (besides CHEXLAB_DEFAULT_MODEL, CHEXLAB_MODELS, CHEXLAB_EXAMPLES and CHEXLAB_PUBLIC, as
+in the Gradio app; see `demo/catalog.py`):
     CHEXLAB_COMPARE_MODELS  the models selected at start, comma-separated names, folders or Hub ids
-                            (default: the first embedded models)
+                            (offered, and selected at start; default: the first embedded models)
     CHEXLAB_COMPARE_FOLDER  a folder of images selected at start as the image source
+
+In public mode (on a Space, CHEXLAB_PUBLIC=1, or listening on every interface, Streamlit's default unless
+`--server.address 127.0.0.1`), visitors pick offered models or type Hub ids, and the folder source is the
+preset folder only: nothing they type is looked up on the server's disk.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `streamlit run demo/compare.py` puts demo/, not the checkout, on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import streamlit as st
 from PIL import Image
 
 from demo.cam import CAM_METHODS, SLOW_METHODS
+from demo.catalog import DEFAULT_MODEL_ENV, MODELS_ENV, PUBLIC_ENV, SPACE_ENV, is_public
 from demo.comparison import (
     DISCLAIMER,
     MAX_IMAGES,
@@ -48,14 +52,10 @@ from demo.comparison import (
     images_from_paths,
     to_csv,
 )
-from demo.predictor import (
-    DEFAULT_MODEL_ENV,
-    EXAMPLES_ENV,
-    MODELS_ENV,
-    LoadedModel,
-    Predictor,
-    example_files,
-)
+from demo.examples import EXAMPLES_ENV, example_files
+from demo.memory import limit_allocator
+from demo.predictor import USER_ERRORS, LoadedModel, Predictor, as_uint8, internal_error
+from trainer.model_source import quote
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ SOURCES = ("Examples", "Folder", "Upload")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff", "bmp"]
 CELL_SIDE = 240  # images in the grid are shown (and sent to the browser) at most this wide
 FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
+FOLDER_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    *USER_ERRORS,
+)  # a folder that is gone or holds no images
 CSS = """
 <style>
 .chx-disagree { color: #b42318; font-weight: 600; }
@@ -76,17 +80,22 @@ CSS = """
 
 
 @st.cache_resource(show_spinner=False)
-def get_predictor(env: tuple[tuple[str, str], ...]) -> Predictor:
+def get_predictor(env: tuple[tuple[str, str], ...], public: bool) -> Predictor:
     """The predictor shared by every session (it holds the loaded models); keyed by the model settings.
 
     Models are shared across sessions and threads: `Predictor.load` loads each once under a lock, and every
-    forward pass with CAM hooks runs under the model's `demo.cam.model_lock`.
+    forward pass with CAM hooks runs under the model's `demo.cam.model_lock`. What a session types or loads
+    stays in its own `st.session_state`.
     """
-    return Predictor.from_env(dict(env), max_models=MAX_MODELS + 1)
+    limit_allocator()  # once per server process: see demo/memory.py
+    environ = dict(env)
+    presets = tuple(m.strip() for m in environ.get(MODELS_PRESET_ENV, "").split(",") if m.strip())
+    return Predictor.from_env(environ, extra=presets, public=public, max_models=MAX_MODELS + 1)
 
 
 def _model_env() -> tuple[tuple[str, str], ...]:
-    return tuple((name, os.environ.get(name, "")) for name in (DEFAULT_MODEL_ENV, MODELS_ENV))
+    names = (DEFAULT_MODEL_ENV, MODELS_ENV, MODELS_PRESET_ENV, PUBLIC_ENV, SPACE_ENV)
+    return tuple((name, os.environ.get(name, "")) for name in names)
 
 
 def main() -> None:
@@ -95,46 +104,47 @@ def main() -> None:
     st.title("Compare models and preprocessing")
     st.warning(DISCLAIMER, icon="⚠️")
     try:
-        predictor = get_predictor(_model_env())
-        _page(predictor)
+        public = is_public(bind_address=st.get_option("server.address"))
+        _page(get_predictor(_model_env(), public))
     except Exception as err:  # the UI boundary: a message in place, never a stack trace
         log.exception("the comparison page failed")
-        st.error(
-            f"Something went wrong ({type(err).__name__}: {err}). Reload the page or change the settings."
-        )
+        st.error(f"Something went wrong: {internal_error(err)}. Reload the page or change the settings.")
 
 
 def _page(predictor: Predictor) -> None:
     presets = [m.strip() for m in os.environ.get(MODELS_PRESET_ENV, "").split(",") if m.strip()]
-    aliases = {Predictor.name_for(p) for p in presets} - set(presets)
-    # Fixed for the session: loading a typed folder adds its name to choices(), which would reset the widget.
-    offered = st.session_state.setdefault(
-        "offered", [*presets, *(c for c in predictor.choices() if c not in aliases and c not in presets)]
-    )
+    named = (predictor.catalog.offered_name(preset) for preset in presets)
+    selected = [name for name in named if name is not None]
+    offered = predictor.choices()
     with st.sidebar:
         st.header("Settings")
         mode = st.radio("Compare", list(MODES), format_func=MODES.get, key="mode")
+        where = (
+            "a Hugging Face Hub id (org/name)"
+            if predictor.public
+            else "a model folder or a Hub id (org/name)"
+        )
         if mode == "models":
+            # A typed model is this session's own option (kept by the widget), never another visitor's.
             models = st.multiselect(
                 f"Models ({MIN_MODELS} to {MAX_MODELS})",
                 offered,
-                default=(presets or offered)[:MAX_MODELS] if len(offered) >= MIN_MODELS else presets,
-                format_func=Predictor.name_for,
+                default=(selected or offered)[:MAX_MODELS] if len(offered) >= MIN_MODELS else selected,
+                format_func=lambda name: _label(predictor, name),
                 max_selections=MAX_MODELS,
                 accept_new_options=True,
-                help="Embedded models, or type a model folder or a Hugging Face Hub id (org/name) and press "
-                "Enter.",
+                help=f"The offered models, or type {where} and press Enter.",
                 key="models",
             )
             variants: list[str] = []
         else:
             model = st.selectbox(
-                "Model", offered, format_func=Predictor.name_for, accept_new_options=True,
-                help="A name, a model folder or a Hub id.", key="variant_model",
+                "Model", offered, format_func=lambda name: _label(predictor, name), accept_new_options=True,
+                help=f"An offered model, or {where}.", key="variant_model",
             )  # fmt: skip
             models = [model] if model else []
             variants = st.multiselect("Preprocessing variants", list(VARIANTS), default=list(VARIANTS))
-        images, images_key = _image_picker()
+        images, images_key = _image_picker(predictor.public)
 
     loaded = _load_models(predictor, models)
     with st.sidebar:
@@ -151,41 +161,58 @@ def _page(predictor: Predictor) -> None:
         )
         if result is not None:
             st.session_state["comparison"], st.session_state["settings"] = result, settings
-    result: Comparison | None = st.session_state.get("comparison")
-    if result is None:
+    shown: Comparison | None = st.session_state.get("comparison")
+    if shown is None:
         st.info("Pick the models and the images in the sidebar, then press **Compare**.")
         return
     if st.session_state.get("settings") != settings:
         st.info("The settings changed since this comparison: press **Compare** to update it.")
-    _show(result.with_opacity(opacity))
+    _show(shown.with_opacity(opacity))
 
 
-def _image_picker() -> tuple[list[ImageItem], object]:
-    """The images chosen in the sidebar, and a key that changes when the choice does."""
+def _label(predictor: Predictor, name: str) -> str:
+    """How a model is listed: its name (a typed folder by its folder name)."""
+    try:
+        return predictor.resolve(name).name
+    except USER_ERRORS:
+        return quote(name)
+
+
+def _image_picker(public: bool) -> tuple[list[ImageItem], object]:
+    """The images chosen in the sidebar, and a key that changes when the choice does.
+
+    In public mode the folder is the operator's preset only: a visitor never names a server path.
+    """
     st.header("Images")
-    preset = os.environ.get(FOLDER_PRESET_ENV, "")
-    source = st.radio("From", SOURCES, index=SOURCES.index("Folder") if preset else 0, horizontal=True)
+    preset = os.environ.get(FOLDER_PRESET_ENV, "").strip()
+    sources = [s for s in SOURCES if s != "Folder" or preset or not public]
+    source = st.radio("From", sources, index=sources.index("Folder") if preset else 0, horizontal=True)
     if source == "Folder":
-        folder = st.text_input(
-            "Folder of radiographs", value=preset, placeholder="../shared/data/kermany_pediatric_pneumonia",
-            help="Images at its top level, or one sub-folder per class (the labels); a labels.csv beside the "
-            "images gives labels too.",
-        )  # fmt: skip
+        if public:
+            st.caption(f"The folder this page was set up with ({Path(preset).name}).")
+            folder = preset
+        else:
+            folder = st.text_input(
+                "Folder of radiographs", value=preset, placeholder="../shared/data/kermany_pneumonia",
+                help="Images at its top level, or one sub-folder per class (the labels); a labels.csv beside "
+                "the images gives labels too.",
+            ).strip()  # fmt: skip
         limit = st.slider("Images at most", 1, MAX_IMAGES, 8)
-        if not folder.strip():
+        if not folder:
             return [], None
         try:
-            return images_from_folder(folder.strip(), limit=limit), (folder.strip(), limit)
-        except (OSError, ValueError) as err:
-            st.error(str(err))
+            return images_from_folder(folder, limit=limit), (folder, limit)
+        except FOLDER_ERRORS as err:
+            st.error(str(err) if not public else "The preset folder of images cannot be read.")
             return [], None
     if source == "Upload":
         uploads = st.file_uploader(
             "Radiographs (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP)", type=UPLOAD_TYPES,
             accept_multiple_files=True,
         )  # fmt: skip
-        items = [ImageItem(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
-        return items, tuple(hashlib.sha256(item.source).hexdigest() for item in items)
+        contents = [(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
+        key = tuple(hashlib.sha256(data).hexdigest() for _, data in contents)
+        return [ImageItem(name, data) for name, data in contents], key
     paths = example_files(limit=MAX_IMAGES)
     if not paths:
         st.caption(f"No examples: install pydicom-data or set {EXAMPLES_ENV} to a folder of images.")
@@ -198,14 +225,15 @@ def _load_models(predictor: Predictor, names: Sequence[str]) -> list[LoadedModel
     """Load the chosen models (cached after the first time); a failure is shown in place."""
     loaded = []
     for name in names:
+        label = _plain(_label(predictor, name))
         try:
-            with st.spinner(f"Loading {name}…"):
+            with st.spinner(f"Loading {label}…"):
                 loaded.append(predictor.load(name))
-        except ValueError as err:  # ModelLoadError: unknown, missing, offline, not a chexlab model
-            st.error(f"**Model {name} could not be loaded.** {err}")
-        except Exception as err:  # corrupt weights raise whatever safetensors/torch raise
+        except USER_ERRORS as err:  # ModelLoadError: unknown, missing, offline, not a chexlab model
+            st.error(f"**Model {label} could not be loaded.** {err}")
+        except Exception as err:  # weights that break the model, or a bug
             log.exception("loading %s failed", name)
-            st.error(f"**Model {name} could not be loaded** ({type(err).__name__}: {err}).")
+            st.error(f"**Model {label} could not be loaded**: {internal_error(err)}.")
     return loaded
 
 
@@ -232,7 +260,7 @@ def _run(
         return compare_preprocessing(
             predictor, models[0], images, variants=variants, target=target, method=method, progress=progress
         )
-    except ValueError as err:  # too few models, no images, no variants
+    except USER_ERRORS as err:  # too few models, no images, no variants
         st.error(str(err)[:1].upper() + str(err)[1:])
         return None
     finally:
@@ -282,7 +310,7 @@ def _grid(result: Comparison) -> None:
             slots = st.columns(spec)
             with slots[0]:
                 if row.thumbnail is not None:
-                    st.image(_uint8(row.thumbnail), width=CELL_SIDE)
+                    st.image(as_uint8(row.thumbnail), width=CELL_SIDE)
                 short = Path(row.image.name).name
                 st.markdown(f"**{_plain(short)}**", help=row.image.name if short != row.image.name else None)
                 if row.image.label:
@@ -302,15 +330,16 @@ def _cell(cell: Cell, pair: bool) -> None:
     overlay = Image.fromarray(pred.overlay).resize((CELL_SIDE, CELL_SIDE), Image.Resampling.BILINEAR)
     if pair:
         produced, explained = st.columns(2)
-        produced.image(_uint8(pred.after), caption="What the model sees", width="stretch")
+        produced.image(as_uint8(pred.after), caption="What the model sees", width="stretch")
         explained.image(overlay, caption=pred.method, width="stretch")
     else:
         st.image(overlay, width=CELL_SIDE)
-    verdict = {
+    verdict: dict[bool | None, str] = {
         True: ' <span class="chx-right">(right)</span>',
         False: ' <span class="chx-wrong">(wrong)</span>',
+        None: "",
     }
-    st.markdown(f"**{cell.decision}**{verdict.get(cell.correct, '')}", unsafe_allow_html=True)
+    st.markdown(f"**{cell.decision}**{verdict[cell.correct]}", unsafe_allow_html=True)
     top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:4]
     st.caption("  \n".join(f"{name}: {p:.2f}" for name, p in top))
     notes = ([cell.note] if cell.note else []) + list(pred.warnings)
@@ -322,10 +351,6 @@ def _cell(cell: Cell, pair: bool) -> None:
 def _plain(text: str) -> str:
     """`text` shown as is in Markdown (file names such as train__person1_virus.png hold emphasis marks)."""
     return "".join(f"\\{c}" if c in "\\`*_[]<>#|~$" else c for c in text)
-
-
-def _uint8(image: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import dataclasses
 import io
 import logging
 import textwrap
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,23 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from demo.cam import overlay
-from demo.predictor import LoadedModel, Prediction, Predictor, Toggles, describe_pipeline
+from demo.predictor import (
+    USER_ERRORS,
+    LoadedModel,
+    Prediction,
+    Predictor,
+    Toggles,
+    as_uint8,
+    describe_pipeline,
+    internal_error,
+)
+from trainer.errors import ChexlabError
 from trainer.io import XRay
 from trainer.label_readers import IMAGE_SUFFIXES, read_csv_labels, read_folder_labels
 from trainer.labels import DataError, LabelTable, loose_key
 from trainer.metrics import evaluate_predictions
+from trainer.model_source import quote
+from trainer.task import Task
 from trainer.transforms import fit_to_input
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,7 @@ __all__ = [
     "VARIANTS",
     "Cell",
     "Column",
+    "ComparisonError",
     "ColumnSummary",
     "Comparison",
     "ImageItem",
@@ -83,6 +95,10 @@ VARIANTS: dict[str, Toggles | None] = {
 Progress = Callable[[float, str], None]
 
 
+class ComparisonError(ChexlabError, ValueError):
+    """A comparison that cannot run as asked: too few or too many models, no images, unknown variants."""
+
+
 # ------------------------------------------------------------------------------------------------ images
 
 
@@ -103,7 +119,7 @@ def images_from_folder(folder: str | Path, *, limit: int = MAX_IMAGES) -> list[I
     With more than `limit` images, an even spread of `limit` is taken (sorted by name first).
 
     Raises:
-        FileNotFoundError: not a folder. ValueError: no images in it.
+        FileNotFoundError: not a folder. ComparisonError: no images in it.
     """
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -112,7 +128,7 @@ def images_from_folder(folder: str | Path, *, limit: int = MAX_IMAGES) -> list[I
     top = _images(root.iterdir())
     paths = top or _images(root.rglob("*"))
     if not paths:
-        raise ValueError(
+        raise ComparisonError(
             f"no images in {root} or its sub-folders; accepted: {', '.join(sorted(IMAGE_SUFFIXES))}"
         )
     if len(paths) > limit:
@@ -128,7 +144,7 @@ def images_from_folder(folder: str | Path, *, limit: int = MAX_IMAGES) -> list[I
 def images_from_paths(paths: Iterable[str | Path]) -> list[ImageItem]:
     """Images from file paths; labels come from a labels.csv in the file's folder or the one above it."""
     items = []
-    tables: dict[Path, dict[Path, str]] = {}
+    tables: dict[Path, dict[Path, str | None]] = {}
     for entry in paths:
         path = Path(entry)
         label = None
@@ -157,17 +173,17 @@ def _display_name(path: Path, root: Path) -> str:
         return path.name
 
 
-def _folder_labels(root: Path) -> dict[Path, str]:
+def _folder_labels(root: Path) -> dict[Path, str | None]:
     """Resolved path -> label, from root/labels.csv or from class sub-folders; {} when there are none."""
+    # The readers warn (through `warnings`) about missing patient ids and ignored files: harmless here, and
+    # silencing them would swap process-wide state under other requests' threads.
     try:
-        with warnings.catch_warnings():  # missing patient ids and ignored files do not matter here
-            warnings.simplefilter("ignore")
-            if (root / LABELS_FILE).is_file():
-                table = read_csv_labels(root / LABELS_FILE)
-            elif _class_folders(root):
-                table = read_folder_labels(root)
-            else:
-                return {}
+        if (root / LABELS_FILE).is_file():
+            table = read_csv_labels(root / LABELS_FILE)
+        elif _class_folders(root):
+            table = read_folder_labels(root)
+        else:
+            return {}
     except DataError as err:
         log.warning("labels in %s not used: %s", root, str(err).splitlines()[0])
         return {}
@@ -185,9 +201,10 @@ def _class_folders(root: Path) -> bool:
 
 
 def _label_strings(table: LabelTable) -> list[str | None]:
-    if table.task == "multiclass":
+    task = Task.parse(table.task)
+    if task.exclusive:
         return [table.label_names[int(t)] for t in table.targets]
-    if table.task == "binary":
+    if task.single_logit:
         negative = table.negative_name or f"not {table.label_names[0]}"
         return [table.label_names[0] if t == 1 else negative for t in table.targets]
     labels: list[str | None] = []
@@ -310,12 +327,27 @@ class Comparison:
         return rows
 
     def headline(self) -> str:
-        """One sentence on the agreement, for the top of the results."""
-        n, what = len(self.rows), "models" if self.mode == "models" else "preprocessing variants"
+        """One sentence on the agreement, for the top of the results; it never hides what was not compared."""
+        what = "models" if self.mode == "models" else "preprocessing variants"
         basis = "decision" if self.agreement_by == "decision" else "normal/abnormal call"
-        if not self.disagreements:
-            return f"The {what} agree on the {basis} for all {n} images."
-        return f"The {what} disagree on the {basis} for {self.disagreements} of {n} images (shown first)."
+        failed = [column.name for column in self.columns if column.error]
+        judged = [row for row in self.rows if sum(cell.prediction is not None for cell in row.cells) >= 2]
+        missing = len(self.rows) - len(judged)
+        notes = []
+        if failed:
+            notes.append(f"not loaded: {', '.join(failed)}")
+        if missing:
+            notes.append(f"{missing} of {len(self.rows)} images could not be compared")
+        if not judged:
+            return f"Nothing to compare: {'; '.join(notes) or 'no results'}."
+        who = f"the {len(self.columns) - len(failed)} {what} that loaded" if failed else f"the {what}"
+        if self.disagreements:
+            count = f"{self.disagreements} of {len(judged)}"
+            text = f"{who} disagree on the {basis} for {count} images (shown first)"
+        else:
+            text = f"{who} agree on the {basis} for all {len(judged)} images compared"
+        text = text[0].upper() + text[1:]
+        return text + (f" ({'; '.join(notes)})." if notes else ".")
 
 
 def class_options(models: Iterable[LoadedModel]) -> list[str]:
@@ -345,13 +377,15 @@ def compare_models(
         progress: called with (fraction done, message) after every cell.
 
     Raises:
-        ValueError: fewer than 2 or more than 4 models, or no images. A model that cannot be loaded is not
-            an error: its column says why.
+        ComparisonError: fewer than 2 or more than 4 models, or no images. A model that cannot be loaded
+            is not an error: its column says why.
     """
     names = list(dict.fromkeys(m.strip() for m in models if m and m.strip()))
     if not MIN_MODELS <= len(names) <= MAX_MODELS:
-        raise ValueError(f"pick {MIN_MODELS} to {MAX_MODELS} different models to compare; got {len(names)}")
-    columns = [Column(name=predictor.name_for(name), model=name) for name in names]
+        raise ComparisonError(
+            f"pick {MIN_MODELS} to {MAX_MODELS} different models to compare; got {len(names)}"
+        )
+    columns = [Column(name=_column_name(predictor, name), model=name) for name in names]
     return _compare(predictor, "models", columns, images, target, method, opacity, progress)
 
 
@@ -369,11 +403,12 @@ def compare_preprocessing(
     """Run one model on the same images under several preprocessing variants (`VARIANTS`).
 
     Raises:
-        ValueError: an unknown variant, or no images. A model that cannot be loaded fails every column.
+        ComparisonError: an unknown variant, or no images. A model that cannot be loaded fails every
+            column.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
-        raise ValueError(f"unknown preprocessing variants {unknown}; valid: {', '.join(VARIANTS)}")
+        raise ComparisonError(f"unknown preprocessing variants {unknown}; valid: {', '.join(VARIANTS)}")
     columns = [Column(name=variant, model=model, toggles=VARIANTS[variant]) for variant in variants]
     return _compare(predictor, "preprocessing", columns, images, target, method, opacity, progress)
 
@@ -389,7 +424,7 @@ def _compare(
     progress: Progress | None,
 ) -> Comparison:
     if not images:
-        raise ValueError("no images to compare on: pick a folder, upload files or use the examples")
+        raise ComparisonError("no images to compare on: pick a folder, upload files or use the examples")
     report = progress or (lambda fraction, message: None)
     total = len(columns) * len(images) + len(images)
     done = 0
@@ -429,10 +464,10 @@ def _compare(
     by_decision = len(outputs) == 1
     rows = []
     for i, item in enumerate(images):
-        cells = tuple(grid[c][i] for c in range(len(columns)))
-        answers = {cell.answer(by_decision) for cell in cells} - {None}
+        row_cells = tuple(grid[c][i] for c in range(len(columns)))
+        answers = {cell.answer(by_decision) for cell in row_cells} - {None}
         thumbnail, read_error = reads[i]
-        rows.append(Row(item, thumbnail, cells, disagree=len(answers) > 1, error=read_error))
+        rows.append(Row(item, thumbnail, row_cells, disagree=len(answers) > 1, error=read_error))
     order = sorted(range(len(rows)), key=lambda i: not rows[i].disagree)  # stable: input order otherwise
     summaries = tuple(
         _summary(column, model, [row.cells[c] for row in rows], [row.image for row in rows])
@@ -452,22 +487,33 @@ def _compare(
 def _read(predictor: Predictor, item: ImageItem) -> tuple[np.ndarray | None, str | None]:
     try:
         xray: XRay = predictor.read(item.source)
-    except ValueError as err:  # XRayReadError: empty, corrupt, too large, not an image
+    except USER_ERRORS as err:  # XRayReadError: empty, corrupt, too large, not an image
         return None, str(err)
     except Exception as err:  # a UI boundary: one bad file must not stop the comparison
         log.exception("reading %s failed", item.name)
-        return None, f"Cannot read {item.name} ({type(err).__name__}: {err})"
+        return (
+            None,
+            f"Cannot read {item.name}: an internal error ({type(err).__name__}), logged on the server",
+        )
     return fit_to_input(xray.pixels, THUMBNAIL_SIDE), None
 
 
 def _load(predictor: Predictor, name: str) -> tuple[LoadedModel | None, str | None]:
     try:
         return predictor.load(name), None
-    except ValueError as err:  # ModelLoadError: unknown, missing, offline, pickle-only, not chexlab
+    except USER_ERRORS as err:  # ModelLoadError: unknown, missing, offline, pickle-only, not chexlab
         return None, str(err)
-    except Exception as err:  # corrupt weights raise whatever safetensors/torch raise
+    except Exception as err:  # a bug, or weights that break the model: not the user's to fix
         log.exception("loading model %s failed", name)
-        return None, f"{type(err).__name__}: {err}"
+        return None, internal_error(err)
+
+
+def _column_name(predictor: Predictor, name: str) -> str:
+    """A column's header: the model's name, or what was typed when it names no model."""
+    try:
+        return predictor.resolve(name).name
+    except USER_ERRORS:
+        return quote(name.strip())
 
 
 def _cell(
@@ -485,14 +531,14 @@ def _cell(
         note = f"{model.name} has no class '{target}': the map explains its top class"
     try:
         prediction = predictor.predict(
-            item.source, model=model.name, toggles=column.toggles, method=method, target=own_target,
+            item.source, model=column.model, toggles=column.toggles, method=method, target=own_target,
             opacity=opacity,
         )  # fmt: skip
-    except ValueError as err:
+    except USER_ERRORS as err:
         return Cell(error=str(err))
     except Exception as err:
         log.exception("%s on %s failed", column.name, item.name)
-        return Cell(error=f"{type(err).__name__}: {err}")
+        return Cell(error=internal_error(err))
     truth = _truth(model, item.label)
     correct = None if truth is None else frozenset(prediction.decided) == _truth_set(model, truth)
     return Cell(
@@ -517,7 +563,7 @@ def _shrunk(prediction: Prediction, side: int = THUMBNAIL_SIDE) -> Prediction:
 
 def _rule(model: LoadedModel) -> str:
     rule = model.describe()["decision"]
-    if model.info.task == "multiclass":
+    if model.task.exclusive:
         return f"decides: {rule}"
     return f"threshold{'s' if len(model.info.thresholds) > 1 else ''}: {rule}"
 
@@ -528,11 +574,10 @@ def _is_normal(name: str) -> bool:
 
 def _abnormal(model: LoadedModel, decided: Sequence[str]) -> bool | None:
     """Whether a decision calls the image abnormal (None: a multi-class model without a normal class)."""
-    task = model.info.task
-    if task == "binary":
+    if model.task.single_logit:
         positive = model.outputs[0]
         return decided[0] == positive if not _is_normal(positive) else decided[0] != positive
-    if task == "multiclass" and not any(_is_normal(name) for name in model.outputs):
+    if model.task.exclusive and not any(_is_normal(name) for name in model.outputs):
         return None
     return any(not _is_normal(name) for name in decided)
 
@@ -550,14 +595,14 @@ def _truth(model: LoadedModel, label: str | None) -> float | int | np.ndarray | 
     normal = bool(names) and all(name in NORMAL_NAMES for name in names)
     info = model.info
     keys = [loose_key(name) for name in info.label_names]
-    if info.task == "binary":
+    if model.task.single_logit:
         negative = loose_key(model.outputs[1])
         if keys[0] in names:
             return 1.0
         if negative in names or (normal and negative in NORMAL_NAMES):
             return 0.0
         return 1.0 if keys[0] in ABNORMAL_NAMES and not normal else None
-    if info.task == "multiclass":
+    if model.task.exclusive:
         for index, key in enumerate(keys):
             if key in names or (normal and key in NORMAL_NAMES):
                 return index
@@ -571,11 +616,12 @@ def _truth(model: LoadedModel, label: str | None) -> float | int | np.ndarray | 
 def _truth_set(model: LoadedModel, truth: float | int | np.ndarray) -> frozenset[str]:
     """The classes a correct decision names, for a target from `_truth`."""
     info = model.info
-    if info.task == "binary":
+    if model.task.single_logit:
         return frozenset({model.outputs[0] if truth == 1 else model.outputs[1]})
-    if info.task == "multiclass":
+    if model.task.exclusive:
         return frozenset({info.label_names[int(truth)]})
-    return frozenset(name for name, hit in zip(info.label_names, truth, strict=True) if hit == 1)
+    hits = np.asarray(truth).reshape(-1)
+    return frozenset(name for name, hit in zip(info.label_names, hits, strict=True) if hit == 1)
 
 
 def _summary(
@@ -585,6 +631,7 @@ def _summary(
     calls = [cell.abnormal for cell, _ in done if cell.abnormal is not None]
     labelled = [(cell, image) for cell, image in done if cell.correct is not None]
     accuracy = float(np.mean([cell.correct for cell, _ in labelled])) if labelled else None
+    scored = [(cell.prediction, image) for cell, image in labelled if cell.prediction is not None]
     return ColumnSummary(
         column=column.name,
         analysed=len(done),
@@ -592,15 +639,15 @@ def _summary(
         abnormal_rate=float(np.mean(calls)) if calls else None,
         labelled=len(labelled),
         accuracy=accuracy,
-        auc=_auc(model, labelled) if model is not None and labelled else None,
+        auc=_auc(model, scored) if model is not None and scored else None,
     )
 
 
-def _auc(model: LoadedModel, labelled: list[tuple[Cell, ImageItem]]) -> float | None:
+def _auc(model: LoadedModel, labelled: list[tuple[Prediction, ImageItem]]) -> float | None:
     """The model's AUC on the labelled images (macro / mean over findings); None where undefined."""
     info = model.info
     targets = [_truth(model, image.label) for _, image in labelled]
-    probs = [[cell.prediction.probabilities[name] for name in info.label_names] for cell, _ in labelled]
+    probs = [[pred.probabilities[name] for name in info.label_names] for pred, _ in labelled]
     try:
         metrics = evaluate_predictions(
             info.task,
@@ -608,7 +655,7 @@ def _auc(model: LoadedModel, labelled: list[tuple[Cell, ImageItem]]) -> float | 
             np.asarray(targets),
             np.asarray(probs, dtype=np.float64),
             None,
-            info.thresholds if info.task != "multiclass" else None,
+            None if model.task.exclusive else info.thresholds,
             negative_name=info.negative_name or "normal",
             n_bootstrap=0,
         )
@@ -647,7 +694,10 @@ def to_csv(comparison: Comparison) -> str:
         for column, cell in zip(comparison.columns, row.cells, strict=True):
             pred = cell.prediction
             probs = pred.probabilities if pred is not None else {}
-            notes = [cell.error] if cell.error else [*([cell.note] if cell.note else []), *pred.warnings]
+            if pred is None:
+                notes = [cell.error or "no result"]
+            else:
+                notes = [*([cell.note] if cell.note else []), *pred.warnings]
             writer.writerow([
                 row.image.name,
                 row.image.label or "",
@@ -772,8 +822,7 @@ def _draw_cell(
 
 
 def _gray(image: np.ndarray, side: int) -> Image.Image:
-    pixels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return Image.fromarray(pixels).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+    return Image.fromarray(as_uint8(image)).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
 
 
 def _fit(text: str, width: int, font: ImageFont.FreeTypeFont) -> str:

@@ -1,17 +1,15 @@
 """The demo's engine, shared by every UI: load chexlab models once, then predict and explain radiographs.
 
-A `Predictor` knows the models a user may pick (the folders under `demo/models/`, Hub ids listed in
-`CHEXLAB_MODELS`, and any Hub id or folder typed later), loads each one once (thread-safe, ready for CAM
-hooks), and turns an uploaded file into a `Prediction`: class probabilities, the decision at the model's
-stored thresholds in plain words, a class activation map from the same forward pass, the image before and
-after preprocessing, and every warning worth showing (from reading the file, from the preprocessing, and
-when the preprocessing differs from the one the model was trained with).
+A `Predictor` holds the `ModelCatalog` (the models offered, and what a typed name means: see
+`demo/catalog.py`), loads each model once (thread-safe, ready for CAM hooks) and turns an uploaded file into a
+`Prediction`: class probabilities, the decision at the model's stored thresholds in plain words, a class
+activation map from the same forward pass, the image before and after preprocessing (all from the model's
+`InputTransform`), and every warning worth showing (from reading the file, from the preprocessing, and when
+the preprocessing differs from the one the model was trained with). It keeps no per-user state: what one
+user loads or selects never changes what another one sees.
 
-Environment variables read by `Predictor.from_env` and `example_files`:
-    CHEXLAB_DEFAULT_MODEL   the model selected at start: a name under demo/models, a folder, or a Hub id
-                            (default: nih-binary)
-    CHEXLAB_MODELS          more Hub ids to offer, comma-separated ("org/a,org/b")
-    CHEXLAB_EXAMPLES        folders (or files) of example images, separated by os.pathsep
+Memory is bounded: images are read at most MAX_SIDE pixels on their longer side (in their stored bit depth),
+and the caches of models, reads and results are small LRUs.
 """
 
 from __future__ import annotations
@@ -20,51 +18,74 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from torch import nn
 
 from demo.cam import CAM_METHODS, SLOW_METHODS, explain, overlay, prepare_for_cam
-from trainer.export import ModelInfo, ModelLoadError, load_model, resolve_source
-from trainer.inference import class_probabilities, decide, output_names, prepare_input
-from trainer.io import MAX_PIXELS, XRay, load_xray
-from trainer.preprocess import Pipeline
-from trainer.transforms import InputSpec, fit_to_input
+from demo.catalog import MODELS_DIR, ModelCatalog, ModelChoice
+from trainer.errors import ChexlabError
+from trainer.export import ModelInfo, ModelLoadError, load_model
+from trainer.inference import InputTransform
+from trainer.io import MAX_PIXELS, XRay, XRayReadError, load_xray
+from trainer.labels import DataError
+from trainer.model_source import ModelSource, ModelSourceError, SourceKind
+from trainer.preprocess import Pipeline, PreprocessError
+from trainer.task import Task
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_MODEL_ENV",
-    "EXAMPLES_ENV",
-    "MODELS_DIR",
-    "MODELS_ENV",
+    "DISPLAY_SIDE",
+    "MAX_SIDE",
+    "USER_ERRORS",
     "LoadedModel",
     "ModelLoadError",
     "Prediction",
     "Predictor",
+    "RequestError",
     "Toggles",
-    "builtin_example",
-    "example_files",
+    "as_uint8",
+    "describe_pipeline",
+    "internal_error",
 ]
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL_NAME = "nih-binary"
-DEFAULT_MODEL_ENV = "CHEXLAB_DEFAULT_MODEL"
-MODELS_ENV = "CHEXLAB_MODELS"
-EXAMPLES_ENV = "CHEXLAB_EXAMPLES"
 DISPLAY_SIDE = 512  # before/after images and overlays are shown at least this large, whatever the model input
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
+MAX_SIDE = 2048  # uploads are read at most this large (longer side): one request's memory stays bounded
 
-Source = str | os.PathLike | bytes | IO[bytes]
+Source = str | os.PathLike[str] | bytes | BinaryIO
+
+
+class RequestError(ChexlabError, ValueError):
+    """A prediction asked for with settings that do not exist (CAM method, opacity)."""
+
+
+# The errors a user can fix, shown as they are; anything else is a bug (a short note, the traceback in the
+# log). ChexlabError alone once trainer's domain errors derive from it (helper T1 is rebasing them).
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ChexlabError,
+    XRayReadError,
+    PreprocessError,
+    ModelSourceError,
+    DataError,
+)
+
+
+def as_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as 8-bit pixels for display."""
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def internal_error(err: Exception) -> str:
+    """What users see of an error that is not theirs to fix; the caller logs the traceback."""
+    return f"an internal error ({type(err).__name__}); the details are in the server's log"
 
 
 class _LRU:
@@ -92,37 +113,37 @@ class _LRU:
                 del self._items[old]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
     """A model ready to predict and explain, with what its config.json says about it."""
 
-    name: str  # the name users pick it by
-    source: str  # hf-hub:... or local-dir:...
+    name: str  # the name users know it by
+    source: ModelSource
     model: nn.Module
     info: ModelInfo
-    spec: InputSpec
-    outputs: list[str]  # class names users see (binary: positive, negative)
+    transform: InputTransform  # its own preprocessing, letterbox and normalisation
+
+    @property
+    def task(self) -> Task:
+        return Task.parse(self.info.task)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The class names users see (binary: positive, negative)."""
+        return self.task.output_names(self.info.label_names, self.info.negative_name)
 
     def target_index(self, target: str | None) -> int | None:
         """The `explain` target for a class name (None = the top class).
 
         Raises:
-            ValueError: a name that is not one of `outputs`.
+            TaskError: a name that is not one of `outputs`.
         """
-        if target is None:
-            return None
-        if target not in self.outputs:
-            raise ValueError(
-                f"unknown class {target!r} for model {self.name}; valid: {', '.join(self.outputs)}"
-            )
-        if self.info.task == "binary":  # explain's convention: 1 = the positive logit, 0 = its negation
-            return 1 if target == self.outputs[0] else 0
-        return self.outputs.index(target)
+        return None if target is None else self.task.class_index(self.outputs, target)
 
     def describe(self) -> dict[str, str]:
         """A summary for the UI: architecture, task, input size, classes, thresholds, preprocessing."""
-        info = self.info
-        if info.task == "multiclass":
+        info, size = self.info, self.transform.spec.size
+        if self.task.exclusive:
             rule = "the most likely class"
         else:
             rule = ", ".join(
@@ -130,8 +151,8 @@ class LoadedModel:
             )
         return {
             "architecture": info.arch,
-            "task": {"binary": "binary", "multiclass": "multi-class", "multilabel": "multi-label"}[info.task],
-            "input": f"{self.spec.size}x{self.spec.size}",
+            "task": self.task.display_name,
+            "input": f"{size}x{size}",
             "classes": ", ".join(self.outputs),
             "decision": rule,
             "preprocessing": describe_pipeline(info.pipeline),
@@ -224,10 +245,13 @@ class Predictor:
     """Loads chexlab models once and predicts + explains radiographs with them; safe to share across threads.
 
     Args:
-        models: the choices offered, name -> source ("local-dir:PATH", "hf-hub:org/name", or a folder).
-        default: the name (or source) selected at start; None = the first of `models`.
+        models: the catalog, or the operator's models, name -> source (a `ModelSource`, a folder, or a
+            string as `ModelCatalog.of` reads it).
+        default: the name (or entry) selected at start; None = the first of `models`.
+        public: public mode (see `demo/catalog.py`), for a mapping of models.
         device: where models run.
         max_pixels: the largest image (height x width) accepted, checked before decoding.
+        max_side: images larger than this (longer side) are downscaled as they are read.
         max_models: loaded models kept in memory (least recently used ones beyond this are dropped; the
             default model is always kept).
         cache_size: recent predictions kept, so that changing only the opacity, or going back to a setting,
@@ -236,141 +260,108 @@ class Predictor:
 
     def __init__(
         self,
-        models: Mapping[str, str | os.PathLike],
+        models: ModelCatalog | Mapping[str, str | os.PathLike[str] | ModelSource],
         default: str | None = None,
         *,
+        public: bool = False,
         device: str = "cpu",
         max_pixels: int = MAX_PIXELS,
+        max_side: int | None = MAX_SIDE,
         max_models: int = 4,
         cache_size: int = 8,
     ) -> None:
-        self._sources = {name: str(source) for name, source in models.items()}
-        if default is not None and default not in self._sources:
-            name = self.name_for(default)
-            self._sources = {name: str(default), **self._sources}
-            default = name
-        self.default = default if default is not None else next(iter(self._sources), None)
-        self.current = self.default  # the last model selected successfully
+        if isinstance(models, ModelCatalog):
+            self.catalog = models
+        else:
+            self.catalog = ModelCatalog.of(models, default, public=public)
         self.device = device
         self.max_pixels = max_pixels
+        self.max_side = max_side
         self._models = _LRU(max_models)
         self._results = _LRU(cache_size)
         self._reads = _LRU(min(cache_size, 2))
         self._lock = threading.Lock()
-        self._load_locks: dict[str, threading.Lock] = {}
-        self._default_source: str | None = None  # known once the default model has loaded; never evicted
+        self._load_locks: dict[ModelSource, threading.Lock] = {}
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, models_dir: Path = MODELS_DIR, **kwargs: Any
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        models_dir: Path = MODELS_DIR,
+        extra: tuple[str, ...] = (),
+        public: bool | None = None,
+        **kwargs: Any,
     ) -> Predictor:
-        """The predictor the app starts with: embedded models, CHEXLAB_MODELS and CHEXLAB_DEFAULT_MODEL.
+        """The predictor the apps start with: `ModelCatalog.from_env` (same arguments); nothing loaded yet.
 
-        Nothing is loaded yet; a missing default model shows up as a clear `ModelLoadError` on first use.
+        A missing default model shows up as a clear `ModelLoadError` on first use.
         """
-        env = os.environ if environ is None else environ
-        models: dict[str, str] = {}
-        if models_dir.is_dir():
-            for folder in sorted(models_dir.iterdir()):
-                if (folder / "config.json").is_file():
-                    models[folder.name] = f"local-dir:{folder}"
-        default = env.get(DEFAULT_MODEL_ENV, "").strip() or DEFAULT_MODEL_NAME
-        if default == DEFAULT_MODEL_NAME and default not in models:
-            # Still offered, so that using it says which folder is missing instead of "unknown model".
-            models = {default: f"local-dir:{models_dir / default}", **models}
-        elif default in models:  # the default comes first in the list
-            models = {default: models[default], **models}
-        for hub_id in (part.strip() for part in env.get(MODELS_ENV, "").split(",")):
-            if hub_id:
-                models.setdefault(cls.name_for(hub_id), hub_id)
-        return cls(models, default, **kwargs)
+        catalog = ModelCatalog.from_env(environ, models_dir=models_dir, extra=extra, public=public)
+        return cls(catalog, **kwargs)
 
     # ----------------------------------------------------------------------------------------- models
 
-    @staticmethod
-    def name_for(source: str | os.PathLike) -> str:
-        """The name a source is listed under: its Hub id, or its folder name."""
-        text = str(source)
-        for prefix in ("hf-hub:", "local-dir:"):
-            if text.startswith(prefix):
-                text = text[len(prefix) :]
-                return text if prefix == "hf-hub:" else Path(text).name
-        return text if _HUB_ID.match(text) and not Path(text).exists() else Path(text).name
+    @property
+    def default(self) -> str | None:
+        """The model selected at start (always kept loaded once it is)."""
+        return self.catalog.default
+
+    @property
+    def public(self) -> bool:
+        return self.catalog.public
 
     def choices(self) -> list[str]:
-        """The model names offered, the default first."""
-        with self._lock:
-            return list(self._sources)
+        """The model names offered, the default first (the same for every user)."""
+        return self.catalog.names()
 
-    def source_of(self, name: str) -> str:
-        """The model source for a name, a Hub id (org/name) or a folder.
-
-        Raises:
-            ModelLoadError: none of those.
-        """
-        with self._lock:
-            if name in self._sources:
-                return _as_source(self._sources[name])
-        text = name.strip()
-        if text.startswith(("hf-hub:", "local-dir:")):
-            return text
-        if Path(text).is_dir():
-            return resolve_source(text)
-        if _HUB_ID.match(text):
-            return f"hf-hub:{text}"
-        offered = ", ".join(self.choices()) or "none"
-        raise ModelLoadError(
-            f"unknown model '{name}': pick one of the offered models ({offered}), type a Hugging Face Hub id "
-            "such as org/name, or give a model folder"
-        )
+    def resolve(self, name: str) -> ModelChoice:
+        """What a model name, Hub id or (local mode) folder means; see `ModelCatalog.resolve`."""
+        return self.catalog.resolve(name)
 
     def load(self, name: str) -> LoadedModel:
-        """The loaded model for a name, a Hub id or a folder; loads it the first time (then it is cached).
-
-        A newly loaded Hub id or folder is added to `choices()`.
+        """The loaded model for a name, a Hub id or (local mode) a folder; loaded once, then cached.
 
         Raises:
-            ModelLoadError: unknown name, not found, offline without a cached copy, pickle-only weights, or
-                not a chexlab model. Nothing changes then: earlier models stay loaded and selected.
+            ModelLoadError: unknown or refused name, not found, offline without a cached copy, pickle-only
+                weights, or not a chexlab model. Nothing changes then: models already loaded stay so.
         """
-        name = name.strip()
-        source = self.source_of(name)
-        key = self.name_for(name) if name not in self._sources else name
-        loaded = self._models.get(source)
+        choice = self.resolve(name)
+        loaded = self._models.get(choice.source)
         if loaded is not None:
             return loaded
         with self._lock:
-            lock = self._load_locks.setdefault(source, threading.Lock())
+            lock = self._load_locks.setdefault(choice.source, threading.Lock())
         with lock:  # concurrent requests for the same model load it once
-            loaded = self._models.get(source)
+            loaded = self._models.get(choice.source)
             if loaded is None:
                 started = time.perf_counter()
-                model, info = load_model(source, device=self.device)
-                spec = InputSpec.from_data_config(info.data_config)
-                outputs = output_names(info.task, info.label_names, info.negative_name)
-                loaded = LoadedModel(key, source, prepare_for_cam(model), info, spec, outputs)
-                if key == self.default:
-                    self._default_source = source
-                self._models.put(source, loaded, keep=lambda s: s == self._default_source)
-                log.info("loaded model %s from %s in %.1f s", key, source, time.perf_counter() - started)
-        with self._lock:
-            self._sources.setdefault(key, source)
+                model, info = self._load_model(choice)
+                transform = InputTransform.for_model(info)
+                loaded = LoadedModel(choice.name, choice.source, prepare_for_cam(model), info, transform)
+                kept = self.catalog.offered.get(self.default or "")
+                self._models.put(choice.source, loaded, keep=lambda source: source == kept)
+                log.info("loaded model %s from %s in %.1f s", choice.name, choice.source,
+                         time.perf_counter() - started)  # fmt: skip
         return loaded
+
+    def _load_model(self, choice: ModelChoice) -> tuple[nn.Module, ModelInfo]:
+        try:
+            return load_model(choice.source, device=self.device)
+        except ModelLoadError as err:
+            if not (self.public and choice.source.kind is SourceKind.LOCAL):
+                raise
+            log.error("offered model %s: %s", choice.name, err)  # the reason names the server's files
+            raise ModelLoadError(f"model {choice.name} could not be loaded (see the server's log)") from None
 
     def loaded(self, name: str | None) -> LoadedModel | None:
         """The model for a name if it is already loaded (never loads anything)."""
         if not name:
             return None
         try:
-            return self._models.get(self.source_of(name))
+            return self._models.get(self.resolve(name).source)
         except ModelLoadError:
             return None
-
-    def select(self, name: str) -> LoadedModel:
-        """Load a model and make it the current one; on failure the current model stays (see `load`)."""
-        loaded = self.load(name)
-        self.current = loaded.name
-        return loaded
 
     # ----------------------------------------------------------------------------------------- images
 
@@ -380,10 +371,14 @@ class Predictor:
         Raises:
             XRayReadError: not a readable radiograph (empty, corrupt, too large, not an image).
         """
-        data, key = _read_bytes(source)
+        return self._read(*_read_bytes(source), source)
+
+    def _read(self, data: bytes | None, key: Hashable | None, source: Source) -> XRay:
         xray = self._reads.get(key) if key is not None else None
         if xray is None:
-            xray = load_xray(data if data is not None else source, max_pixels=self.max_pixels)
+            xray = load_xray(
+                data if data is not None else source, max_pixels=self.max_pixels, max_side=self.max_side
+            )
             if key is not None:
                 self._reads.put(key, xray)
         return xray
@@ -402,7 +397,7 @@ class Predictor:
 
         Args:
             source: a file path, bytes or a binary file object (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP).
-            model: a model name from `choices()`, a Hub id or a folder; None = the current model.
+            model: a model name from `choices()`, a Hub id or (local mode) a folder; None = the default.
             toggles: preprocessing switches; None = the model's own training preprocessing. Switches that
                 amount to the model's pipeline run that pipeline exactly.
             method: a CAM method (`CAM_METHODS`).
@@ -411,53 +406,39 @@ class Predictor:
 
         Raises:
             XRayReadError: unreadable input. ModelLoadError: the model cannot be loaded.
-            ValueError: an unknown method or class, or an opacity outside [0, 1].
+            RequestError: an unknown method or an opacity outside [0, 1]. TaskError: an unknown class.
         """
         if method not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+            raise RequestError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
         if not 0.0 <= opacity <= 1.0:
-            raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
-        name = model if model is not None else self.current
+            raise RequestError(f"opacity must be between 0 and 1, got {opacity}")
+        name = model if model is not None else self.default
         if name is None:
-            raise ModelLoadError(
-                "no model is selected: load one first (a Hub id such as org/name, or a folder)"
-            )
+            raise ModelLoadError("no model is offered: give one (a Hub id such as org/name, or a folder)")
         loaded = self.load(name)
         target_index = loaded.target_index(target)
-        pipeline = self._pipeline(loaded, toggles)
+        transform = loaded.transform.with_pipeline(_pipeline(loaded, toggles))
         data, file_key = _read_bytes(source)
-        key = (file_key, loaded.source, pipeline.to_json(), method, target)
+        key = (file_key, loaded.source, transform.pipeline.to_json(), method, target)
         cached = self._results.get(key) if file_key is not None else None
         if cached is not None:
             return cached.with_opacity(opacity)
         started = time.perf_counter()
-        xray = self.read(data if data is not None else source)
-        result = pipeline.apply(xray.pixels)
-        # The pipeline already ran: an empty one letterboxes and normalises exactly as prepare_input would.
-        model_input = prepare_input(result.image, Pipeline(), loaded.spec)
+        xray = self._read(data, file_key, source)
+        shown = transform.display(xray.pixels, max(transform.spec.size, DISPLAY_SIDE))
         explanation = explain(
-            loaded.model, model_input.tensor.to(self.device), task=loaded.info.task,
-            target_index=target_index, method=method,
+            loaded.model, shown.seen.tensor.to(self.device), task=loaded.task, target_index=target_index,
+            method=method,
         )  # fmt: skip
-        display = max(loaded.spec.size, DISPLAY_SIDE)
-        after = model_input.image if display == loaded.spec.size else fit_to_input(result.image, display)
-        info = loaded.info
-        probs = class_probabilities(
-            explanation.probabilities, info.task, info.label_names, info.negative_name
-        )
-        decided = decide(
-            explanation.probabilities, info.task, info.label_names, info.thresholds, info.negative_name
-        )
-        if info.task == "binary":
-            explained = loaded.outputs[0] if explanation.target_index == 1 else loaded.outputs[1]
-        else:
-            explained = loaded.outputs[explanation.target_index]
-        notes = list(xray.warnings) + list(result.warnings)
-        if pipeline != info.pipeline:
+        info, task, probs = loaded.info, loaded.task, explanation.probabilities
+        decided = task.decide(probs, info.label_names, info.thresholds, info.negative_name)
+        explained = task.class_name(loaded.outputs, explanation.target_index)
+        notes = [*xray.warnings, *shown.seen.warnings]
+        if transform.pipeline != info.pipeline:
             notes.append(
                 f"This model was trained with the preprocessing '{describe_pipeline(info.pipeline)}', but "
-                f"this image went through '{describe_pipeline(pipeline)}': its probabilities and thresholds "
-                "were not validated for that, so read them with extra caution."
+                f"this image went through '{describe_pipeline(transform.pipeline)}': its probabilities and "
+                "thresholds were not validated for that, so read them with extra caution."
             )
         if method in SLOW_METHODS:
             notes.append(f"{method} {SLOW_METHODS[method]}.")
@@ -467,18 +448,18 @@ class Predictor:
             )
         prediction = Prediction(
             model=loaded.name,
-            probabilities=probs,
+            probabilities=task.class_probabilities(probs, info.label_names, info.negative_name),
             decided=decided,
-            decision=_decision_text(loaded, explanation.probabilities, decided),
+            decision=_decision_text(loaded, probs, decided),
             target=explained,
             method=method,
             heatmap=explanation.heatmap,
-            model_input=model_input.image,
-            before=fit_to_input(xray.pixels, display),
-            after=after,
-            overlay=overlay(after, explanation.heatmap, opacity=opacity),
+            model_input=shown.seen.image,
+            before=shown.before,
+            after=shown.after,
+            overlay=overlay(shown.after, explanation.heatmap, opacity=opacity),
             opacity=opacity,
-            pipeline=pipeline,
+            pipeline=transform.pipeline,
             model_pipeline=info.pipeline,
             warnings=tuple(dict.fromkeys(notes)),
             image_info=_image_info(xray),
@@ -489,20 +470,13 @@ class Predictor:
             self._results.put(key, prediction)
         return prediction
 
-    @staticmethod
-    def _pipeline(loaded: LoadedModel, toggles: Toggles | None) -> Pipeline:
-        own = loaded.info.pipeline
-        if toggles is None or toggles == Toggles.from_pipeline(own):
-            return own
-        return toggles.to_pipeline(base=own)
 
-
-def _as_source(text: str) -> str:
-    if text.startswith(("hf-hub:", "local-dir:")):
-        return text
-    if _HUB_ID.match(text) and not Path(text).exists():
-        return f"hf-hub:{text}"
-    return resolve_source(text) if Path(text).is_dir() else f"local-dir:{text}"
+def _pipeline(loaded: LoadedModel, toggles: Toggles | None) -> Pipeline:
+    """The pipeline to run: the model's own, unless the switches say something else."""
+    own = loaded.info.pipeline
+    if toggles is None or toggles == Toggles.from_pipeline(own):
+        return own
+    return toggles.to_pipeline(base=own)
 
 
 def _read_bytes(source: Source) -> tuple[bytes | None, Hashable | None]:
@@ -537,14 +511,14 @@ def _image_info(xray: XRay) -> dict[str, str]:
 def _decision_text(loaded: LoadedModel, probs: np.ndarray, decided: list[str]) -> str:
     """The decision in plain words, with the numbers and the thresholds behind it."""
     info, flat = loaded.info, np.asarray(probs, dtype=np.float64).reshape(-1)
-    if info.task == "binary":
+    if loaded.task.single_logit:
         positive = loaded.outputs[0]
         p, cut = flat[0], info.thresholds[0]
         where = "at or above" if decided == [positive] else "below"
         return (
             f"**{_title(decided[0])}**: P({positive}) = {p:.2f}, {where} the model's threshold ({cut:.2f})."
         )
-    if info.task == "multiclass":
+    if loaded.task.exclusive:
         top = int(flat.argmax())
         name = _title(info.label_names[top])
         return f"**{name}**: the most likely of {len(flat)} classes (P = {flat[top]:.2f})."
@@ -567,59 +541,3 @@ def _decision_text(loaded: LoadedModel, probs: np.ndarray, decided: list[str]) -
 def _title(name: str) -> str:
     """A class name starting a sentence ("normal" -> "Normal"; "COVID-19" and "No_Finding" unchanged)."""
     return name[:1].upper() + name[1:]
-
-
-# --------------------------------------------------------------------------------------------- examples
-
-
-def builtin_example() -> Path | None:
-    """The real chest radiograph shipped by the MIT-licensed `pydicom-data` package (a MONOCHROME1 CR).
-
-    None when the package is not installed (nothing is downloaded).
-    """
-    try:
-        from pydicom.data import get_testdata_file
-
-        found = get_testdata_file("RG1_UNCR.dcm", download=False)
-    except (ImportError, OSError, ValueError):
-        return None
-    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
-
-
-def example_files(
-    environ: Mapping[str, str] | None = None, *, per_folder: int = 4, limit: int = 9
-) -> list[Path]:
-    """Example radiographs: the built-in DICOM, then images from the CHEXLAB_EXAMPLES folders or files.
-
-    Args:
-        environ: where to read CHEXLAB_EXAMPLES (default: os.environ); entries are separated by os.pathsep.
-        per_folder: images taken from each folder (sorted by name; a folder without images at its top level
-            is searched one level down, one image per subfolder first).
-        limit: examples in all.
-    """
-    env = os.environ if environ is None else environ
-    found = [path for path in [builtin_example()] if path is not None]
-    for entry in (part.strip() for part in env.get(EXAMPLES_ENV, "").split(os.pathsep)):
-        if entry:
-            found.extend(_images_in(Path(entry).expanduser(), per_folder))
-    return list(dict.fromkeys(found))[:limit]
-
-
-def _images_in(path: Path, count: int) -> Iterable[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        log.warning("%s=%s: no such file or folder", EXAMPLES_ENV, path)
-        return []
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if images:
-        return images[:count]
-    # A folder of datasets (dataset/images/*.png): spread the picks across datasets.
-    nested = [
-        sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        for sub in sorted(path.iterdir())
-    ]
-    picks = [
-        image for rank in range(count) for images in nested if rank < len(images) for image in [images[rank]]
-    ]
-    return picks[:count]

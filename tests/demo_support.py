@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from unittest import mock
 
 import gradio as gr
 import numpy as np
@@ -113,6 +114,8 @@ def serve(build: Callable[[], gr.Blocks], cache_dir: Path) -> Iterator[str]:
 
     Cached examples go to `cache_dir`, not to .gradio/ in the checkout; the app is closed afterwards.
     """
+    import httpx
+
     from demo.gradio_ui import launch_options
 
     previous = os.environ.get("GRADIO_EXAMPLES_CACHE")
@@ -120,13 +123,11 @@ def serve(build: Callable[[], gr.Blocks], cache_dir: Path) -> Iterator[str]:
     demo = None
     try:
         demo = build()
-        _, url, _ = demo.launch(
-            server_name="127.0.0.1",
-            server_port=free_port(),
-            prevent_thread_lock=True,
-            quiet=True,
-            **launch_options(),
-        )
+        options = {**launch_options(), "server_name": "127.0.0.1", "server_port": free_port()}
+        # Gradio's launch checks that the server answers a HEAD request within 3 seconds, which a busy
+        # machine can miss: wait for the answer instead, so that no test depends on the machine's speed.
+        with mock.patch("gradio.networking.url_ok", lambda url: httpx.head(url, timeout=None).is_success):
+            _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
         yield url
     finally:
         if demo is not None:

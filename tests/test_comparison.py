@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo.catalog import MODELS_DIR
 from demo.comparison import (
     MODEL_OWN,
     VARIANTS,
@@ -23,7 +24,8 @@ from demo.comparison import (
     images_from_paths,
     to_csv,
 )
-from demo.predictor import MODELS_DIR, Predictor, builtin_example
+from demo.examples import builtin_example
+from demo.predictor import Predictor
 from tests.conftest import shared_path
 from tests.demo_support import save_tiny_model, synthetic_pixels, write_inputs
 
@@ -99,7 +101,10 @@ def test_agreement_compares_the_abnormal_call_across_class_sets(
     assert result.agreement_by == "decision"  # the same classes: decisions are compared as they are
     assert [row.disagree for row in result.rows] == [True, True, False]  # disagreements first
     assert result.rows[-1].image.name == files["text"].name and result.disagreements == 2
-    assert "disagree" in result.headline() and "2 of 3" in result.headline()
+    assert result.headline() == (
+        "The models disagree on the decision for 2 of 2 images (shown first) (1 of 3 images could not be "
+        "compared)."
+    )
     assert [s.abnormal_rate for s in result.summaries] == [1.0, 0.0]
 
     mixed = compare_models(predictor, ["always", str(workdir / "always_ml")], items[1:])
@@ -128,6 +133,12 @@ def test_a_bad_image_or_model_fails_only_its_row_or_column(
     for row in result.rows:  # the unloadable models' cells say so, whatever the image
         assert all(cell.error.startswith("Model not loaded") for cell in row.cells[1:])
     assert [(s.analysed, s.failed) for s in result.summaries] == [(1, 3), (0, 4), (0, 4)]
+    # Only one model answered: nothing was compared, and the headline says so instead of "agree".
+    assert result.headline().startswith("Nothing to compare: not loaded:")
+
+    partly = compare_models(predictor, ["always", "never", str(workdir / "missing")], _items(files, "png8"))
+    assert "agree for all" not in partly.headline() and "that loaded" in partly.headline()
+    assert partly.headline().endswith(f"(not loaded: {partly.columns[2].name}).")
 
 
 @pytest.mark.parametrize(
@@ -257,6 +268,7 @@ def _save_png(path: Path, seed: int = 0) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:.*no patient ids")  # the label readers' note for training
 def test_images_from_folders_with_and_without_labels(tmp_path: Path) -> None:
     classes = tmp_path / "classes"
     for i, name in enumerate(["NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA"]):

@@ -264,22 +264,23 @@ def test_init_from_a_local_safetensors_file(tmp_path: Path) -> None:
     source = timm.create_model("test_resnet")  # 1000 ImageNet-style classes
     path = tmp_path / "resnet.safetensors"
     safetensors.torch.save_file(source.state_dict(), str(path))
-    for init in (str(path), f"file:{path}"):
-        model = create_classifier("test_resnet", 2, init=init)
-        assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
-        assert torch.equal(model.layer4[0].bn1.running_mean, source.layer4[0].bn1.running_mean)
-        assert model.fc.out_features == 2
+    model = create_classifier("test_resnet", 2, init=f"file:{path}")
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
+    assert torch.equal(model.layer4[0].bn1.running_mean, source.layer4[0].bn1.running_mean)
+    assert model.fc.out_features == 2
+    with pytest.raises(ModelSourceError, match="has no prefix.*file:PATH.safetensors"):  # never guessed
+        create_classifier("test_resnet", 2, init=str(path))
     # a file whose classifier already has the right size loads it too
     two = create_classifier("test_resnet", 2)
     safetensors.torch.save_file(two.state_dict(), str(path))
-    assert torch.equal(create_classifier("test_resnet", 2, init=str(path)).fc.weight, two.fc.weight)
+    assert torch.equal(create_classifier("test_resnet", 2, init=f"file:{path}").fc.weight, two.fc.weight)
 
 
 def test_a_weights_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "resnet.safetensors"
     safetensors.torch.save_file(timm.create_model("test_resnet").state_dict(), str(path))
     with pytest.raises(ModelSourceError, match="does not fit architecture 'test_efficientnet'"):
-        create_classifier("test_efficientnet", 2, init=str(path))
+        create_classifier("test_efficientnet", 2, init=f"file:{path}")
 
 
 class _Payload:
@@ -297,17 +298,20 @@ def test_pickle_checkpoints_are_refused_unopened(tmp_path: Path, name: str) -> N
     marker = tmp_path / "pwned"
     path = tmp_path / name
     path.write_bytes(pickle.dumps(_Payload(marker)))
-    for init in (str(path), f"file:{path}"):
-        with pytest.raises(ModelSourceError, match="arbitrary code") as err:
-            create_classifier("test_resnet", 2, init=init)
-        assert "safetensors.torch.save_file" in str(err.value)
+    with pytest.raises(ModelSourceError, match="arbitrary code") as err:
+        create_classifier("test_resnet", 2, init=f"file:{path}")
+    assert "safetensors.torch.save_file" in str(err.value)
+    with pytest.raises(ModelSourceError, match="has no prefix"):
+        create_classifier("test_resnet", 2, init=str(path))
     assert not marker.exists()
 
 
 @pytest.mark.parametrize(
     ("init", "message"),
     [
-        ("imagenet", "unknown init 'imagenet'"),
+        ("imagenet", "model source 'imagenet' has no prefix; valid: hf-hub:"),
+        ("file:weights.txt", "not a .safetensors file"),
+        ("hf-hub:../../etc", "not a Hugging Face Hub model id"),
         ("file:/nonexistent/w.safetensors", "does not exist"),
         ("hf-hub:", "not of the form"),
         ("local-dir:/nonexistent/model", "is not a directory"),

@@ -12,18 +12,12 @@ import torch
 
 import demo.predictor
 from demo.cam import CAM_METHODS, model_lock
-from demo.predictor import (
-    DISPLAY_SIDE,
-    ModelLoadError,
-    Predictor,
-    Toggles,
-    builtin_example,
-    describe_pipeline,
-    example_files,
-)
+from demo.examples import builtin_example, example_files
+from demo.predictor import DISPLAY_SIDE, ModelLoadError, Predictor, Toggles, describe_pipeline
 from tests.demo_support import SIZE, THRESHOLDS, save_tiny_model, write_inputs
 from tests.test_io import FRAGMENTS
 from trainer.io import XRayReadError, XRayWarning
+from trainer.model_source import ModelSource
 from trainer.preprocess import Pipeline
 
 MAX_PIXELS = 5_000_000
@@ -191,9 +185,9 @@ def test_bytes_and_file_objects(predictor: Predictor, files: dict[str, Path]) ->
     assert np.array_equal(from_bytes.heatmap, from_path.heatmap)
 
 
-def test_failed_loads_keep_the_previous_model(workdir: Path, files: dict[str, Path]) -> None:
+def test_failed_loads_change_nothing(workdir: Path, files: dict[str, Path]) -> None:
     predictor = Predictor({"tiny": workdir / "models" / "tiny"}, max_pixels=MAX_PIXELS)
-    before = predictor.select("tiny")
+    before = predictor.load("tiny")
     pickle_only = workdir / "pickle-only"
     pickle_only.mkdir(exist_ok=True)
     (pickle_only / "config.json").write_text((workdir / "models" / "tiny" / "config.json").read_text())
@@ -206,18 +200,22 @@ def test_failed_loads_keep_the_previous_model(workdir: Path, files: dict[str, Pa
     }
     for name, message in failures.items():
         with pytest.raises(ModelLoadError, match=message):
-            predictor.select(name)
-        assert predictor.current == "tiny" and predictor.choices() == ["tiny"]
+            predictor.load(name)
+        assert predictor.choices() == ["tiny"]
     assert predictor.load("tiny") is before  # cached: loaded once
     assert predictor.predict(files["png8"]).model == "tiny"
 
 
-def test_typed_folders_and_hub_ids_join_the_choices(workdir: Path) -> None:
+def test_typed_folders_load_but_never_join_the_shared_choices(workdir: Path) -> None:
     predictor = Predictor({"tiny": workdir / "models" / "tiny"})
-    loaded = predictor.select(str(workdir / "models" / "tiny-clahe"))
-    assert loaded.name == "tiny-clahe" and predictor.current == "tiny-clahe"
-    assert predictor.choices() == ["tiny", "tiny-clahe"]
-    assert predictor.loaded("tiny-clahe") is loaded and predictor.loaded("org/never") is None
+    typed = str(workdir / "models" / "tiny-clahe")
+    loaded = predictor.load(typed)
+    assert loaded.name == "tiny-clahe" and predictor.choices() == ["tiny"]
+    key = predictor.resolve(typed).key  # what a session's menu keeps: it selects the same model again
+    assert predictor.loaded(key) is loaded and predictor.loaded(typed) is loaded
+    assert predictor.loaded("org/never") is None and predictor.loaded("tiny-clahe") is None
+    # The same folder typed as an offered model's path is that offered model.
+    assert predictor.resolve(str(workdir / "models" / "tiny")).name == "tiny"
 
 
 def test_repeated_predictions_are_identical(workdir: Path, files: dict[str, Path]) -> None:
@@ -283,7 +281,7 @@ def test_densenet_family(tmp_path: Path, files: dict[str, Path]) -> None:
     result = predictor.predict(files["png8"])
     with model_lock(loaded.model), torch.no_grad():
         tensor = torch.from_numpy(np.repeat(result.model_input[None], 3, axis=0))
-        spec = loaded.spec
+        spec = loaded.transform.spec
         tensor = (tensor - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
         plain = torch.sigmoid(loaded.model(tensor[None].float())).item()
     assert result.probabilities["abnormal"] == pytest.approx(plain, abs=1e-5)
@@ -296,12 +294,11 @@ def test_choices_from_the_environment(workdir: Path, tmp_path: Path) -> None:
     assert (
         predictor.choices() == ["tiny-clahe", "tiny", "org/a", "org/b"] and predictor.default == "tiny-clahe"
     )
-    assert predictor.source_of("org/a") == "hf-hub:org/a"
+    assert predictor.resolve("org/a").source == ModelSource.hub("org/a")
     missing = Predictor.from_env({}, models_dir=tmp_path / "none")
     assert missing.default == "nih-binary"
-    with pytest.raises(ModelLoadError, match="not a directory"):
-        missing.select(missing.default)
-    assert missing.current == "nih-binary"  # nothing else to fall back on; the UI says so
+    with pytest.raises(ModelLoadError, match="not a directory"):  # the UI says so
+        missing.load(missing.default)
 
 
 def test_example_files(workdir: Path, tmp_path: Path) -> None:

@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer.checkpoint import atomic_write
 from trainer.file_check import check_files
+from trainer.inference import InputTransform
 from trainer.io import XRayReadError, load_xray
 from trainer.labels import DataError, LabelTable
-from trainer.preprocess import Pipeline
+from trainer.preprocess import Pipeline, PreprocessWarning
 from trainer.splits import SPLITS
-from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
+from trainer.transforms import InputSpec
 
 __all__ = ["XRayDataset", "check_files", "make_loaders"]
 
@@ -47,10 +48,11 @@ def _save_npz(path: Path, array: np.ndarray) -> None:
 class XRayDataset(Dataset):
     """Images of a :class:`LabelTable` as model inputs.
 
-    Per item: ``load_xray`` -> the model's preprocessing ``pipeline`` -> ``fit_to_input`` (letterbox to the
-    model's size) -> [on-disk cache of that deterministic result] -> ``augment`` (training only) ->
-    ``to_model_tensor``. Items are ``(image (3, S, S) float32, target, index)``; the target is a float32
-    scalar (binary), an int64 scalar (multiclass) or a float32 (C,) vector with NaN = unknown (multilabel).
+    Per item: ``load_xray`` -> the model's :class:`~trainer.inference.InputTransform` (the preprocessing
+    ``pipeline``, the letterbox to the model's size) -> [on-disk cache of that deterministic result] ->
+    ``augment`` (training only) -> the transform's normalisation. Items are ``(image (3, S, S) float32,
+    target, index)``; the target is a float32 scalar (binary), an int64 scalar (multiclass) or a float32 (C,)
+    vector with NaN = unknown (multilabel).
 
     The cache stores the fitted image as uint16 ``.npz`` (checked by its CRC-32 on every read; a damaged
     file is recomputed) under ``cache_dir``, keyed by the image's identity in its source (a file's path,
@@ -69,11 +71,10 @@ class XRayDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.table = table
-        self.spec = spec
-        self.pipeline = pipeline
+        self.transform = InputTransform(pipeline or Pipeline(), spec)
         self.augment = augment
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._pipeline_json = pipeline.to_json() if pipeline is not None else "[]"
+        self._pipeline_json = self.transform.pipeline.to_json()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -83,7 +84,7 @@ class XRayDataset(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         return (
-            to_model_tensor(image, self.spec.mean, self.spec.std),
+            self.transform.normalise(image),
             torch.as_tensor(self.table.targets[index]),
             index,
         )
@@ -99,7 +100,7 @@ class XRayDataset(Dataset):
                 f"{self.table.where(index)}: {exc.strerror or exc}; run check_files() before training"
             ) from exc
         key = hashlib.sha256(
-            json.dumps([CACHE_VERSION, *identity, self._pipeline_json, self.spec.size]).encode()
+            json.dumps([CACHE_VERSION, *identity, self._pipeline_json, self.transform.spec.size]).encode()
         ).hexdigest()
         cache_file = self.cache_dir / key[:2] / f"{key}.npz"
         try:
@@ -110,7 +111,7 @@ class XRayDataset(Dataset):
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             logger.warning("ignoring unreadable cache file %s (%s)", cache_file, exc)
             stored = None
-        size = self.spec.size
+        size = self.transform.spec.size
         if stored is None or stored.shape != (size, size) or stored.dtype != np.uint16:
             stored = np.round(self._compute(index) * 65535.0).astype(np.uint16)
             try:
@@ -131,8 +132,10 @@ class XRayDataset(Dataset):
             pixels = load_xray(source).pixels
         except (XRayReadError, OSError) as exc:
             raise DataError(f"{self.table.where(index)}: {exc}; run check_files() before training") from exc
-        image = self.pipeline(pixels) if self.pipeline is not None else pixels
-        return fit_to_input(image, self.spec.size)
+        image, notes = self.transform.fit(pixels)
+        for note in notes:
+            warnings.warn(note, PreprocessWarning, stacklevel=2)
+        return image
 
 
 def make_loaders(

@@ -29,7 +29,14 @@ from torch import nn
 
 from trainer import __version__
 from trainer.errors import ChexlabError
-from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, ModelSourceError, read_model_folder
+from trainer.model_source import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelSource,
+    ModelSourceError,
+    SourceKind,
+    read_model_folder,
+)
 from trainer.modeling import HeadConfig, head_config, model_data_config, model_from_folder, saved_label_names
 from trainer.preprocess import Pipeline, PreprocessError
 from trainer.task import Task
@@ -52,7 +59,7 @@ class ExportError(ChexlabError, ValueError):
 class ModelInfo:
     """What a saved chexlab model says about itself (from its config.json)."""
 
-    source: str  # as given to load_model (with the revision, if any)
+    source: ModelSource  # where it was loaded from (with the revision, if any)
     arch: str  # timm architecture name
     task: Task
     label_names: list[str]  # output order; binary: [positive_name]
@@ -213,37 +220,17 @@ def _weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return weights
 
 
-def resolve_source(source: str | Path) -> str:
-    """`hf-hub:...` and `local-dir:...` unchanged; an existing model folder or run folder as `local-dir:...`.
-
-    Raises:
-        ModelLoadError: a path that is neither a model folder nor a run folder holding one.
-    """
-    text = str(source)
-    if text.startswith(("hf-hub:", "local-dir:")):
-        return text
-    path = Path(text)
-    if (path / CONFIG_NAME).is_file():
-        return f"local-dir:{path}"
-    if (path / "model" / CONFIG_NAME).is_file():
-        return f"local-dir:{path / 'model'}"
-    if path.is_dir():
-        raise ModelLoadError(
-            f"{path} holds no {CONFIG_NAME} (nor model/{CONFIG_NAME}): not a model or run folder"
-        )
-    raise ModelLoadError(
-        f"model '{text}' not found: give hf-hub:org/name[@revision], local-dir:PATH, or an existing model "
-        "or run folder"
-    )
-
-
 def load_model(
-    source: str | Path, revision: str | None = None, *, device: str | torch.device = "cpu"
+    source: str | os.PathLike[str] | ModelSource,
+    revision: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, ModelInfo]:
     """Load a chexlab model folder, from the Hub or from disk, for inference (eval mode).
 
     Args:
-        source: "hf-hub:org/name[@revision]", "local-dir:PATH", or an existing model folder or run folder.
+        source: a `ModelSource`, or a string as on the command line: "hf-hub:org/name[@revision]",
+            "local-dir:PATH", or (without a prefix) a model folder or a run folder holding `model/`.
         revision: a Hub branch, tag or commit (overrides an @revision in the source).
         device: where to put the model.
 
@@ -254,32 +241,31 @@ def load_model(
         ModelLoadError: not found, offline without a cached copy, pickle-only weights, not a chexlab model, or
             weights that do not fit the architecture.
     """
-    resolved = resolve_source(source)
-    if revision is not None and resolved.startswith("local-dir:"):
-        raise ModelLoadError(f"revision '{revision}' applies to hf-hub sources; {resolved} is a local folder")
     try:
-        config, state_dict = read_model_folder(resolved, revision=revision)
+        if not isinstance(source, ModelSource):
+            source = ModelSource.parse(source, bare=SourceKind.LOCAL)
+        source = source.with_revision(revision)
+        config, state_dict = read_model_folder(source)
     except ModelSourceError as err:
         raise ModelLoadError(str(err)) from err
-    where = resolved + (f" (revision {revision})" if revision else "")
     block = config.get("chexlab")
     if not isinstance(block, dict):
         raise ModelLoadError(
-            f"{where} is a timm model without chexlab's metadata (task, labels, preprocessing, thresholds) "
+            f"{source} is a timm model without chexlab's metadata (task, labels, preprocessing, thresholds) "
             "in its config.json, e.g. an ImageNet checkpoint: its outputs are not chest X-ray findings. "
             "Use it to start training instead (model.init in a training config)."
         )
     try:
-        info = _model_info(str(source) if revision is None else f"{source}@{revision}", config, block)
+        info = _model_info(source, config, block)
         model = model_from_folder(config, state_dict)
     except (KeyError, TypeError, ValueError, PreprocessError) as err:
-        raise ModelLoadError(f"{where} has an invalid chexlab config.json: {err}") from err
+        raise ModelLoadError(f"{source} has an invalid chexlab config.json: {err}") from err
     model.float().eval().to(device)
-    log.info("loaded %s: %s %s model, labels %s", where, info.arch, info.task, info.label_names)
+    log.info("loaded %s: %s %s model, labels %s", source, info.arch, info.task, info.label_names)
     return model, info
 
 
-def _model_info(source: str, config: dict[str, Any], block: dict[str, Any]) -> ModelInfo:
+def _model_info(source: ModelSource, config: dict[str, Any], block: dict[str, Any]) -> ModelInfo:
     task = Task.parse(block["task"])
     labels = saved_label_names(config)
     if labels is None:

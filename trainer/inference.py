@@ -1,13 +1,15 @@
 """Inference with a loaded chexlab model: the one code path from a radiograph to probabilities and a decision.
 
-`python -m trainer predict`, `evaluate` on new data, the Gradio demo and the Streamlit page all go through
-`prepare_input`, so an image is preprocessed exactly as it was in training (the model's own pipeline from its
-config.json, then the letterbox and normalisation of its data config).
+`InputTransform` is the model-input transform: the model's own preprocessing pipeline (from its config.json),
+then the letterbox and normalisation of its data config. The training Dataset, `python -m trainer predict`,
+`evaluate`, the Gradio demo and the Streamlit page all use it, so an image reaches the model exactly as it did
+in training; it also gives the demo's display images (the radiograph before and after preprocessing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,8 +19,11 @@ from trainer.preprocess import Pipeline
 from trainer.task import Task
 from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
 
+if TYPE_CHECKING:
+    from trainer.export import ModelInfo
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class ModelInput:
     """What the model sees for one image."""
 
@@ -27,13 +32,56 @@ class ModelInput:
     warnings: tuple[str, ...]  # from the preprocessing ops (e.g. a lung-crop fallback)
 
 
-def prepare_input(pixels: np.ndarray, pipeline: Pipeline, spec: InputSpec) -> ModelInput:
-    """Run `pipeline` on a radiograph, letterbox it to the model's input and normalise it."""
-    result = pipeline.apply(pixels)
-    image = fit_to_input(result.image, spec.size)
-    return ModelInput(
-        image=image, tensor=to_model_tensor(image, spec.mean, spec.std), warnings=tuple(result.warnings)
-    )
+@dataclass(frozen=True, eq=False)
+class DisplayedInput:
+    """The model input and what people see beside it, letterboxed to one display side (same geometry)."""
+
+    seen: ModelInput
+    before: np.ndarray  # float32 (D, D): the radiograph as read
+    after: np.ndarray  # float32 (D, D): after the pipeline
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """Pipeline -> letterbox to the model's square input -> per-channel normalisation."""
+
+    pipeline: Pipeline
+    spec: InputSpec
+
+    @classmethod
+    def for_model(cls, info: ModelInfo) -> InputTransform:
+        """The transform a loaded model was trained with (its pipeline and data config)."""
+        return cls(info.pipeline, InputSpec.from_data_config(info.data_config))
+
+    def with_pipeline(self, pipeline: Pipeline) -> InputTransform:
+        """The same letterbox and normalisation after another preprocessing pipeline."""
+        return self if pipeline == self.pipeline else replace(self, pipeline=pipeline)
+
+    def fit(self, pixels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Pipeline and letterbox (the deterministic part): float32 (S, S), and the ops' warnings."""
+        fitted, _, notes = self._fit(pixels)
+        return fitted, notes
+
+    def normalise(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A fitted (S, S) or (1, S, S) image as the model's (3, S, S) input tensor."""
+        return to_model_tensor(image, self.spec.mean, self.spec.std)
+
+    def __call__(self, pixels: np.ndarray) -> ModelInput:
+        """The model input for a radiograph (float32 (H, W) in [0, 1], as read)."""
+        fitted, _, notes = self._fit(pixels)
+        return ModelInput(fitted, self.normalise(fitted), notes)
+
+    def display(self, pixels: np.ndarray, side: int) -> DisplayedInput:
+        """The model input, and the radiograph before and after the pipeline letterboxed to `side`."""
+        fitted, preprocessed, notes = self._fit(pixels)
+        after = fitted if side == self.spec.size else fit_to_input(preprocessed, side)
+        seen = ModelInput(fitted, self.normalise(fitted), notes)
+        return DisplayedInput(seen, fit_to_input(pixels, side), after)
+
+    def _fit(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """(letterboxed, preprocessed at full size, warnings)."""
+        result = self.pipeline.apply(pixels)
+        return fit_to_input(result.image, self.spec.size), result.image, tuple(result.warnings)
 
 
 @torch.no_grad()

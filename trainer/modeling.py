@@ -11,8 +11,7 @@ Weight sources (`init`):
     None                      random initialisation
     "timm" / "timm:<tag>"     timm's pretrained weights from the Hugging Face Hub (needs a connection or a
                               filled cache)
-    "file:<path>" / "x.safetensors"
-                              a local safetensors file holding a timm state dict for `arch`
+    "file:<path>.safetensors" a local safetensors file holding a timm state dict for `arch`
     "hf-hub:org/name[@rev]" / "local-dir:<path>"
                               a saved chexlab model (CXR-to-CXR transfer): its backbone, and its head too when
                               the label set and head are the same
@@ -35,13 +34,7 @@ from torch import Tensor, nn
 
 from trainer import simple_cnn  # noqa: F401  (registers chexlab_simple_cnn with timm)
 from trainer.errors import ChexlabError
-from trainer.model_source import (
-    SOURCE_PREFIXES,
-    ModelSourceError,
-    is_pickle_name,
-    pickle_refusal,
-    read_model_folder,
-)
+from trainer.model_source import INIT_KINDS, ModelSource, ModelSourceError, SourceKind, read_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -321,23 +314,15 @@ def model_data_config(model: nn.Module) -> dict[str, Any]:
 
 
 def _parse_init(init: str | None) -> tuple[str, str]:
-    """(kind, location): kind is "none", "timm" (location = tag or ""), "file" or "chexlab"."""
+    """(kind, location): "none", "timm" (location: tag or ""), "file" (a path) or "chexlab" (a source)."""
     if init is None or init == "":
         return "none", ""
-    prefix, sep, rest = init.partition(":")
-    if init == "timm" or (sep and prefix == "timm"):
-        return "timm", rest
-    if sep and prefix in SOURCE_PREFIXES:
-        return "chexlab", init
-    location = rest if sep and prefix == "file" else init
-    if location.lower().endswith(".safetensors"):
-        return "file", location
-    if is_pickle_name(location):
-        raise pickle_refusal(f"init file {location}")
-    raise ModelSourceError(
-        f"unknown init '{init}'; valid: none, timm, timm:<tag>, file:<path>.safetensors, <path>.safetensors, "
-        "hf-hub:org/name[@revision], local-dir:<path>"
-    )
+    source = ModelSource.parse(init, kinds=INIT_KINDS)  # every init names its kind by a prefix
+    if source.kind is SourceKind.TIMM:
+        return "timm", source.location
+    if source.kind is SourceKind.FILE:
+        return "file", source.location
+    return "chexlab", str(source)
 
 
 def _timm_pretrained(arch: str, tag: str, num_classes: int, timm_kwargs: dict[str, Any]) -> nn.Module:

@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 
 from trainer.export import load_model
-from trainer.inference import predict_tensors, prepare_input
+from trainer.inference import InputTransform, predict_tensors
 from trainer.io import XRayReadError, load_xray
 from trainer.labels import DataError
-from trainer.transforms import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def predict_to_csv(
     counts both kinds.
     """
     model, info = load_model(model_source, revision=revision)
-    spec = InputSpec.from_data_config(info.data_config)
+    transform = InputTransform.for_model(info)
     paths = collect_inputs(inputs)
     names = info.task.output_names(info.label_names, info.negative_name)
     out = Path(out)
@@ -103,7 +102,7 @@ def predict_to_csv(
                     writer.writerow([str(path), *([""] * len(names)), "", "", str(err)])
                     unreadable += 1
                     continue
-                prepared = prepare_input(xray.pixels, info.pipeline, spec)
+                prepared = transform(xray.pixels)
                 ready.append((path, [*xray.warnings, *prepared.warnings]))
                 tensors.append(prepared.tensor)
             if not tensors:

@@ -12,6 +12,7 @@ errors and the shared limits are in `trainer.io.xray`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -24,7 +25,9 @@ from trainer.io.xray import MAX_PIXELS, SUPPORTED_FORMATS, XRay, XRayReadError, 
 __all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "XRay", "XRayReadError", "XRayWarning", "load_xray"]
 
 
-def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> XRay:
+def load_xray(
+    source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS, max_side: int | None = None
+) -> XRay:
     """Read a radiograph (DICOM, PNG, JPEG, TIFF or BMP) into float32 pixels in [0, 1].
 
     The format is recognised from the content; a `.dcm` name only makes a DICOM without the standard
@@ -34,6 +37,9 @@ def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int =
     Args:
         source: a file path, the file's bytes, or a binary file object (e.g. an upload).
         max_pixels: largest height * width accepted, checked before the pixel data is decoded.
+        max_side: if given, a larger image is area-downscaled right after decoding (JPEG: decoded at reduced
+            scale) so that its longer side is at most this, still in its stored bit depth: one read's memory
+            is then bounded whatever the pixel count. None keeps the full resolution.
 
     Returns:
         The image with its format, size, bit depth and (for DICOM) a header summary free of identifiers.
@@ -50,9 +56,13 @@ def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int =
         raise XRayReadError(f"cannot read {label}: it is empty (0 bytes); {hint}")
     dataset = dicom.parse(data, suffix=Path(name).suffix.lower(), label=label)
     if dataset is not None:
-        xray = dicom.to_xray(dataset, max_pixels=max_pixels, label=label)
+        xray = dicom.to_xray(dataset, max_pixels=max_pixels, max_side=max_side, label=label)
     else:
-        xray = read_image(data, name, label, max_pixels)
+        xray = read_image(data, name, label, max_pixels, max_side)
+    if xray.pixels.shape != xray.original_size:
+        (height, width), (new_height, new_width) = xray.original_size, xray.pixels.shape
+        note = f"read at reduced resolution: {width}x{height} px downscaled to {new_width}x{new_height}"
+        xray = dataclasses.replace(xray, warnings=(*xray.warnings, note))
     for message in xray.warnings:
         warnings.warn(message, XRayWarning, stacklevel=2)
     return xray

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from trainer.io.xray import DICOM_SUFFIXES, XRay, XRayReadError, luma, too_large_error
+from trainer.io.xray import DICOM_SUFFIXES, XRay, XRayReadError, fit_within, luma, too_large_error
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def _cut_short(dataset: Dataset, data: bytes) -> bool:
     return 0 < len(tail) < _ELEMENT_HEADER and any(tail)
 
 
-def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
-    """Decode the first frame to float32 [0, 1], bright = dense.
+def to_xray(dataset: Dataset, *, max_pixels: int, label: str, max_side: int | None = None) -> XRay:
+    """Decode the first frame to float32 [0, 1], bright = dense (downscaled to `max_side`, see load_xray).
 
     Raises:
         XRayReadError: no pixel data, too large, unsupported photometric interpretation, undecodable pixels.
@@ -136,9 +136,16 @@ def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
         raise XRayReadError(
             f"cannot read {label}: {photometric} pixel data has shape {raw.shape}, not (rows, columns)"
         )
+    extremes = None  # the full image's stored range, when min/max scaling must not see only the downscale
+    if photometric != "PALETTE COLOR":  # stored samples, before any LUT: integers stay integers
+        shrunk = fit_within(raw, max_side)
+        if shrunk is not raw and photometric in MONOCHROME:
+            extremes = np.array([raw.min(), raw.max()])
+        raw = shrunk
     try:
         if photometric in MONOCHROME:
             values = apply_modality_lut(raw, dataset)
+            extremes = None if extremes is None else apply_modality_lut(extremes, dataset)
         elif photometric == "PALETTE COLOR":
             values = apply_color_lut(raw, dataset)
         else:
@@ -148,9 +155,10 @@ def to_xray(dataset: Dataset, *, max_pixels: int, label: str) -> XRay:
             f"cannot read {label}: the DICOM's rescale, modality LUT or palette is invalid "
             f"({type(exc).__name__}); re-export the image"
         ) from None
+    values = fit_within(values, max_side)  # palette colours (the other kinds fit already)
     window: str | None = None
     if photometric in MONOCHROME:
-        pixels, window = _voi(values, dataset, found)
+        pixels, window = _voi(values, dataset, found, extremes)
         if photometric == "MONOCHROME1":
             # MONOCHROME1 stores dense as dark: flip so that bone is bright, as displayed.
             pixels = 1.0 - pixels
@@ -239,8 +247,13 @@ def _decode_first_frame(dataset: Dataset, frames: int, label: str) -> np.ndarray
         ) from None
 
 
-def _voi(values: np.ndarray, dataset: Dataset, found: list[str]) -> tuple[np.ndarray, str]:
-    """Apply the VOI LUT or window (else min/max) and scale its output range to [0, 1]; describe it."""
+def _voi(
+    values: np.ndarray, dataset: Dataset, found: list[str], extremes: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
+    """Apply the VOI LUT or window (else min/max) and scale its output range to [0, 1]; describe it.
+
+    `extremes`: the data's own (min, max) when `values` is a downscale (see load_xray's max_side).
+    """
     item = (dataset.get("VOILUTSequence") or [None])[0]
     has_lut = item is not None and "LUTDescriptor" in item and "LUTData" in item
     has_window = dataset.get("WindowCenter") is not None and dataset.get("WindowWidth") is not None
@@ -259,12 +272,12 @@ def _voi(values: np.ndarray, dataset: Dataset, found: list[str]) -> tuple[np.nda
             probe = apply_voi_lut(np.array([-np.inf, np.inf]), dataset, prefer_lut=False)
             description = _window_text(dataset)
         else:
-            out = probe = values
+            out, probe = values, values if extremes is None else extremes
     except (ValueError, NotImplementedError, IndexError) as exc:
         found.append(
             f"the file's VOI LUT/window could not be applied ({exc}); scaled by the data's min/max instead"
         )
-        out = probe = values
+        out, probe = values, values if extremes is None else extremes
         reason = "the file's VOI LUT/window is invalid"
     low, high = float(np.min(probe)), float(np.max(probe))
     if description is None:

@@ -16,12 +16,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from trainer.io.xray import DICOM_SUFFIXES, SUPPORTED_FORMATS, XRay, XRayReadError, luma, too_large_error
+from trainer.io.xray import (
+    DICOM_SUFFIXES,
+    SUPPORTED_FORMATS,
+    XRay,
+    XRayReadError,
+    fit_within,
+    luma,
+    too_large_error,
+)
 
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff", "BMP": "bmp"}
+_EXIF_ORIENTATION = 0x0112
 
 
-def read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
+def read_image(data: bytes, name: str, label: str, max_pixels: int, max_side: int | None = None) -> XRay:
     """Decode PNG, JPEG, TIFF or BMP with Pillow (OpenCV for 16-bit colour, which Pillow cuts to 8 bits)."""
     try:
         image = Image.open(io.BytesIO(data))
@@ -51,8 +60,12 @@ def read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
             f"the file is named {name!r} but holds a {source_format.upper()} image, not a DICOM; "
             "read it as such"
         )
+    if max_side is not None and source_format == "jpeg":
+        image.draft(None, (max_side, max_side))  # JPEG decodes at 1/2, 1/4 or 1/8 scale, still >= max_side
     try:
-        pixels, bit_depth, window = _pil_pixels(image, data, source_format, found)
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width  # exif_transpose turns it a quarter
+        pixels, bit_depth, window = _pil_pixels(image, data, source_format, found, max_side)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise XRayReadError(
             f"cannot read {label}: the {source_format.upper()} data is truncated or corrupt ({exc}); "
@@ -61,7 +74,7 @@ def read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
     return XRay(
         pixels=np.clip(pixels, 0.0, 1.0).astype(np.float32),
         source_format=source_format,
-        original_size=pixels.shape,
+        original_size=(height, width),
         bit_depth=bit_depth,
         photometric=image.mode,
         window=window,
@@ -71,9 +84,12 @@ def read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
 
 
 def _pil_pixels(
-    image: Image.Image, data: bytes, source_format: str, found: list[str]
+    image: Image.Image, data: bytes, source_format: str, found: list[str], max_side: int | None
 ) -> tuple[np.ndarray, int, str | None]:
-    """(pixels in [0, 1], bits per sample, window) from a lazily opened Pillow image; appends to `found`."""
+    """(pixels in [0, 1], bits per sample, window) from a lazily opened Pillow image; appends to `found`.
+
+    Samples are downscaled to `max_side` as decoded, before any conversion to floating point.
+    """
     mode = image.mode
     stored_bits = _stored_bits(image, data, source_format)
     if stored_bits > 8 and mode in ("RGB", "RGBA"):
@@ -82,15 +98,20 @@ def _pil_pixels(
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None:
             raise ValueError(f"OpenCV could not decode the {stored_bits}-bit colour data")
-        gray = _gray_from_rgb(decoded[..., 2::-1], mode, found)  # OpenCV gives BGR(A)
-        return _scale_16bit(gray, _png_significant_bits(data) if source_format == "png" else None)
+        significant = _png_significant_bits(data) if source_format == "png" else None
+        scale, bits = _full_scale_16bit(decoded[..., :3], significant)  # on every sample, before the resize
+        gray = _gray_from_rgb(fit_within(decoded, max_side)[..., 2::-1], mode, found)  # OpenCV gives BGR(A)
+        return gray / scale, bits, None
     image = ImageOps.exif_transpose(image)
     if mode.startswith("I;16"):
         significant = _png_significant_bits(data) if source_format == "png" else None
-        return _scale_16bit(np.asarray(image, dtype=np.float64), significant)
+        stored = np.asarray(image)
+        scale, bits = _full_scale_16bit(stored, significant)  # decided on every sample, before the resize
+        return fit_within(stored, max_side) / scale, bits, None
     if mode in ("I", "F"):  # 32-bit integer or float samples (TIFF): no fixed full scale
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
+        samples = np.asarray(image)
+        low, high = float(samples.min()), float(samples.max())
+        values: np.ndarray = fit_within(samples, max_side).astype(np.float64)
         if mode == "F" and low >= 0.0 and high <= 1.0:
             return values, 32, None
         span = high - low
@@ -101,11 +122,11 @@ def _pil_pixels(
             f"min/max of the pixel data ({low:g} to {high:g}); 32-bit samples have no fixed range",
         )
     if mode == "1":
-        return np.asarray(image, dtype=np.float64), 1, None
+        return fit_within(np.asarray(image, dtype=np.float32), max_side), 1, None
     if mode in ("L", "LA", "La"):
-        return np.asarray(image.convert("L"), dtype=np.float64) / 255.0, 8, None
+        return fit_within(np.asarray(image.convert("L")), max_side) / 255.0, 8, None
     # RGB, RGBA, P, PA, CMYK, YCbCr, ...: converting to RGB drops any alpha channel.
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = fit_within(np.asarray(image.convert("RGB")), max_side)
     return _gray_from_rgb(rgb, mode, found) / 255.0, 8, None
 
 
@@ -118,11 +139,11 @@ def _gray_from_rgb(rgb: np.ndarray, mode: str, found: list[str]) -> np.ndarray:
     return luma(rgb)
 
 
-def _scale_16bit(values: np.ndarray, significant: int | None) -> tuple[np.ndarray, int, None]:
-    """Divide 16-bit samples by their full scale (see the module docstring for the sBIT rule)."""
+def _full_scale_16bit(values: np.ndarray, significant: int | None) -> tuple[float, int]:
+    """(full scale, bits) of 16-bit samples: the sBIT rule of the module docstring."""
     if significant is not None and significant < 16 and values.max() <= 2**significant - 1:
-        return values / (2**significant - 1), significant, None
-    return values / 65535.0, 16, None
+        return float(2**significant - 1), significant
+    return 65535.0, 16
 
 
 def _stored_bits(image: Image.Image, data: bytes, source_format: str) -> int:

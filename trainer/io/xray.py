@@ -56,6 +56,25 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float64) @ _LUMA
 
 
+def fit_within(values: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`values` (H, W[, C]) area-downscaled so that the longer side is at most `max_side`, in its own dtype.
+
+    Integer samples stay integers (rounded), so 16-bit levels survive and LUT indices stay indices; an image
+    that already fits (or `max_side=None`) is returned as it is.
+    """
+    height, width = values.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return values
+    import cv2  # imported on demand: most reads need no resize
+
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if values.dtype in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(values.astype(np.float64), size, interpolation=cv2.INTER_AREA)  # e.g. int32
+    return (np.rint(resized) if values.dtype.kind in "iu" else resized).astype(values.dtype)
+
+
 def too_large_error(label: str, height: int, width: int, max_pixels: int) -> XRayReadError:
     """The error for an image over the pixel limit (both readers check it from the header)."""
     return XRayReadError(

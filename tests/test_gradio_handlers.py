@@ -1,0 +1,145 @@
+"""demo.gradio_handlers without a server: settings, results, errors at the UI boundary, models per session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo import gradio_handlers as handlers
+from demo.gradio_handlers import SETTINGS_FIELDS, TOGGLE_FIELDS, TOP_CLASS, App, Settings
+from demo.gradio_ui import build_demo
+from demo.predictor import Predictor, Toggles
+from tests.demo_support import save_tiny_model, write_inputs
+
+
+def _no_progress(*args: object, **kwargs: object) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> App:
+    root = tmp_path_factory.mktemp("handlers")
+    save_tiny_model(root / "tiny", pipeline=[{"op": "crop_body"}])
+    save_tiny_model(root / "other", pipeline=[{"op": "clahe", "clip_limit": 3}], seed=1)
+    predictor = Predictor({"tiny": root / "tiny"}, max_pixels=5_000_000)
+    return App(predictor, download_dir=root / "downloads")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def test_settings_fields_are_the_api_parameters(app: App) -> None:
+    api = build_demo(app.predictor, examples=[]).get_api_info()["named_endpoints"]
+    for endpoint in ("/predict", "/explain"):
+        names = [p["parameter_name"] for p in api[endpoint]["parameters"]]
+        assert names == ["file", "model", *SETTINGS_FIELDS]
+    assert TOGGLE_FIELDS == ("clahe", "clip_limit", "white_balance", "crop_body", "crop_lungs", "invert")
+    settings = Settings.from_inputs(
+        {"use_model_preprocessing": False, "clahe": True, "clip_limit": 3, "invert": True,
+         "cam_method": "HiResCAM", "target_class": "normal", "opacity": 0.7}
+    )  # fmt: skip
+    assert settings.preprocessing == Toggles(clahe=True, clip_limit=3.0, invert=True)
+    assert (settings.cam_method, settings.target, settings.opacity) == ("HiResCAM", "normal", 0.7)
+    assert Settings.from_inputs({}) == Settings() and Settings().target is None
+    assert Settings().preprocessing is None  # the model's own
+
+
+def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path]) -> None:
+    outputs = handlers.predict(app, str(files["png8"]), "tiny", target_class=TOP_CLASS)
+    assert len(outputs) == handlers.PREDICT_OUTPUTS
+    probabilities, decision, overlay, download, (before, after), notes, details, cam_note = outputs
+    assert set(probabilities) == {"abnormal", "normal"} and "threshold (0.50)" in decision
+    assert overlay == download and Path(overlay).name in (
+        "chest_Grad-CAM_abnormal.png",
+        "chest_Grad-CAM_normal.png",
+    )
+    assert np.asarray(Image.open(overlay)).shape == (512, 512, 3)
+    assert not np.array_equal(np.asarray(Image.open(before)), np.asarray(Image.open(after)))  # body crop
+    assert "8 bits" in details and cam_note.startswith("Grad-CAM for **")
+    again = handlers.explain(app, str(files["png8"]), "tiny", cam_method="HiResCAM", target_class="normal")
+    assert Path(again[0]).name == "chest_HiResCAM_normal.png" and again[2].startswith(
+        "HiResCAM for **normal**"
+    )
+
+
+def test_nothing_to_do_without_a_file(app: App) -> None:
+    assert all(isinstance(value, type(gr.skip())) for value in handlers.explain(app, None, "tiny"))
+    assert len(handlers.rerun(app, None, "tiny")) == handlers.PREDICT_OUTPUTS
+    with pytest.raises(gr.Error, match="Upload a radiograph first"):
+        handlers.analyse(app, None, "tiny", Settings())
+
+
+@pytest.mark.parametrize(
+    ("model", "file", "message"),
+    [
+        ("tiny", "text", "not an image"),
+        ("tiny", "huge", "megapixels"),
+        ("nope", "png8", "unknown model 'nope'"),
+        ("hf-hub:../../etc", "png8", "not a Hugging Face Hub model id"),
+    ],
+)
+def test_errors_a_user_can_fix_are_shown_as_they_are(
+    app: App, files: dict[str, Path], model: str, file: str, message: str
+) -> None:
+    with pytest.raises(gr.Error, match=message):
+        handlers.analyse(app, str(files[file]), model, Settings())
+    with pytest.raises(gr.Error, match="unknown class 'pneumonia'"):
+        handlers.analyse(app, str(files["png8"]), "tiny", Settings(target_class="pneumonia"))
+
+
+def test_anything_else_is_a_short_message_with_the_traceback_in_the_log(
+    app: App, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise IndexError("tensor index 7 is out of bounds in /srv/secret/path.py")
+
+    monkeypatch.setattr(app.predictor, "predict", broken)
+    with caplog.at_level(logging.ERROR), pytest.raises(gr.Error) as caught:
+        handlers.analyse(app, str(files["png8"]), "tiny", Settings())
+    assert "internal error (IndexError)" in caught.value.message and "/srv/secret" not in caught.value.message
+    assert "Traceback" in caplog.text and "/srv/secret/path.py" in caplog.text
+
+
+def test_preprocessing_switches(app: App) -> None:
+    app.predictor.load("tiny")
+    use, *values, status = handlers.use_own(app, "tiny", True, **dict.fromkeys(TOGGLE_FIELDS, False))
+    assert use and dict(zip(TOGGLE_FIELDS, values, strict=True))["crop_body"] is True
+    assert "model's own preprocessing" in status["value"]
+    matches, status = handlers.switched(app, "tiny", clahe=True, clip_limit=2.0)
+    assert (
+        not matches and "Custom preprocessing" in status["value"] and status["elem_classes"] == ["chx-warn"]
+    )
+    matches, _ = handlers.switched(app, "tiny", crop_body=True, clip_limit=2.0)
+    assert matches  # the switches amount to the model's own pipeline again
+
+
+def test_choosing_models_keeps_them_in_the_session(app: App, tmp_path: Path) -> None:
+    other = str(app.predictor.resolve("tiny").source.path.parent / "other")
+    menu, previous, session, summary, classes, use, *rest = handlers.choose_model(
+        app, other, "tiny", [], progress=_no_progress
+    )
+    key = app.predictor.resolve(other).key
+    assert previous == key and session == [["other", key]] and ("other", key) in menu["choices"]
+    assert "clahe (clip 3)" in summary and use is True and classes["value"] == TOP_CLASS
+    assert app.predictor.choices() == ["tiny"]  # the shared menu never grows
+    with pytest.warns(UserWarning, match="unknown model 'nope'"):
+        failed = handlers.choose_model(app, "nope", key, session, progress=_no_progress)
+    assert failed[0]["value"] == key  # the previous model is put back
+    assert handlers.choose_model(app, "  ", key, session, progress=_no_progress)[0] == gr.skip()
+
+
+def test_saved_files_are_pruned(app: App) -> None:
+    folders = [
+        handlers.save_files(app, {"x.bin": str(i).encode()}) for i in range(handlers.DOWNLOADS_KEPT + 5)
+    ]
+    kept = [folder for folder in folders if folder.exists()]
+    assert len(kept) <= handlers.DOWNLOADS_KEPT and folders[-1] in kept
+    assert (folders[-1] / "x.bin").read_bytes() == str(handlers.DOWNLOADS_KEPT + 4).encode()
+    assert not list(folders[-1].glob(".*"))  # no temporary files left behind
