@@ -8,7 +8,9 @@ import logging
 
 from demo.gradio_ui import build_demo, launch_options
 from demo.predictor import Predictor
+from trainer.allocator import tune_allocator
 
+tune_allocator()  # before the first model loads; see trainer/allocator.py
 demo = build_demo(Predictor.from_env())
 
 if __name__ == "__main__":
