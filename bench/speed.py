@@ -231,6 +231,7 @@ def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from trainer.engine import train_one_epoch
+    from trainer.losses import BinaryLoss
     from trainer.modeling import create_classifier
 
     torch.manual_seed(0)
@@ -256,7 +257,7 @@ def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
 
     def chexlab() -> None:
         train_one_epoch(
-            model, loader, nn.BCEWithLogitsLoss(), optimizer, scheduler, accelerator, task="binary", epoch=0,
+            model, loader, BinaryLoss(), optimizer, scheduler, accelerator, task="binary", epoch=0,
             max_steps=None, max_grad_norm=1.0, progress=False, describe_batch=str,
         )  # fmt: skip
 
@@ -386,7 +387,10 @@ def main(argv: list[str] | None = None) -> None:
         wanted = ["cold-start" if part == "idle-rss" else part for part in args.parts]
         for part in dict.fromkeys(wanted):
             print(f"measuring {part} ...", file=sys.stderr, flush=True)
-            rows.extend(parts[part]())
+            measured = parts[part]()
+            for row in measured:
+                print("  ", *row, sep=" | ", file=sys.stderr, flush=True)
+            rows.extend(measured)
     table = ["| part | measure | ratio | goal | note |", "|---|---|---|---|---|"]
     for part, what, ratio, note in rows:
         table.append(f"| {part} | {what} | {ratio:.2f} | {GOALS[part]} | {note} |")
@@ -395,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             "## Speed against bare baselines (issue 16)",
             "",
+            "**Smoke run (--quick): these timings are not results.**\n" if args.quick else "",
             f"`python bench/speed.py{' --quick' if args.quick else ''}` on {os.cpu_count()} cores ({cpu}), "
             f"torch {torch.__version__}, {args.runs} interleaved runs (medians). Each ratio compares chexlab "
             "with a bare script measured in the same run; the goals are issue 16's.",

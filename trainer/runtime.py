@@ -19,6 +19,7 @@ import copy
 import hashlib
 import io
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -58,11 +59,22 @@ def default_cache_dir() -> Path:
 
 
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    """The CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (containers).
+
+    A container limited by quota (e.g. 2 CPUs of a 16-core host, as on Hugging Face Spaces) still sees every
+    core in its affinity mask; a thread per visible core would then oversubscribe the quota.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota
+    return max(1, cores)
 
 
 def model_key(model: nn.Module, input_size: Sequence[int]) -> str:
