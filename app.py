@@ -8,9 +8,9 @@ not a loopback address, or with CHEXLAB_PUBLIC=1; CHEXLAB_PUBLIC=0 forces local 
 
 import logging
 
-from demo.memory import limit_allocator
+from trainer.allocator import Profile, tune_allocator
 
-limit_allocator()  # before the request threads exist: see demo/memory.py
+tune_allocator(Profile.SERVER)  # before the request threads exist: see trainer/allocator.py
 
 from demo.catalog import is_public  # noqa: E402
 from demo.gradio_ui import build_demo, launch_options  # noqa: E402

@@ -1,53 +1,48 @@
-"""Class activation maps for chexlab models, on pytorch-grad-cam, plus the overlay the UIs show.
+"""Class activation maps for chexlab models, plus the overlay the UIs show.
 
 Load a model once, pass it through `prepare_for_cam`, then call `explain` per image: one forward pass gives
-the probabilities and the heatmap together. `overlay` blends the heatmap onto the image the model saw.
+the probabilities and the heatmap together. The default method, Grad-CAM, costs about one forward pass: the
+network runs without gradients up to the explained layer and records a graph only for the layers after it
+(for a timm model: its last block and the head), so the backward pass is that short tail. The other methods
+run on pytorch-grad-cam, imported on their first use only (it pulls in scikit-learn, pandas, scipy and
+matplotlib). `overlay` blends the heatmap onto the image the model saw.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import threading
 import weakref
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
-from matplotlib import colormaps
-from pytorch_grad_cam import (
-    AblationCAM,
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.ablation_layer import AblationLayer
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 
-from trainer.labels import TASKS
+from trainer.errors import ChexlabError
 from trainer.modeling import cam_target_layer
+from trainer.task import Task
+
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["binary", "multiclass", "multilabel"]
-
-CAM_METHODS: MappingProxyType[str, type[BaseCAM]] = MappingProxyType(
+# method name -> its class in pytorch_grad_cam (imported when a method other than Grad-CAM is first used)
+CAM_METHODS: MappingProxyType[str, str] = MappingProxyType(
     {
-        "Grad-CAM": GradCAM,
-        "Grad-CAM++": GradCAMPlusPlus,
-        "HiResCAM": HiResCAM,
-        "LayerCAM": LayerCAM,
-        "EigenCAM": EigenCAM,  # class-agnostic: the same map whatever the target
-        "XGrad-CAM": XGradCAM,
-        "Score-CAM": ScoreCAM,
-        "Ablation-CAM": AblationCAM,
+        "Grad-CAM": "GradCAM",  # computed here, at the cost of a forward pass (see `_grad_cam`)
+        "Grad-CAM++": "GradCAMPlusPlus",
+        "HiResCAM": "HiResCAM",
+        "LayerCAM": "LayerCAM",
+        "EigenCAM": "EigenCAM",  # class-agnostic: the same map whatever the target
+        "XGrad-CAM": "XGradCAM",
+        "Score-CAM": "ScoreCAM",
+        "Ablation-CAM": "AblationCAM",
     }
 )
 SLOW_METHODS: MappingProxyType[str, str] = MappingProxyType(
@@ -56,6 +51,13 @@ SLOW_METHODS: MappingProxyType[str, str] = MappingProxyType(
         "Ablation-CAM": "runs the model once per ablated feature channel (often 1,000+): minutes on a CPU",
     }
 )
+# jet as matplotlib defines it (matplotlib._cm._jet_data: x, value): the default overlay needs no matplotlib
+_JET_SEGMENTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+_LUT_SIZE = 256  # matplotlib's default number of colours per map
 
 target_layer = cam_target_layer  # the layer explain() uses by default: timm's feature_info[-1]["module"]
 
@@ -63,14 +65,18 @@ _locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.We
 _locks_guard = threading.Lock()
 
 
+class CamError(ChexlabError, ValueError):
+    """An unknown CAM method, an input of the wrong shape, or a target class the model does not have."""
+
+
 @dataclass(frozen=True)
 class Explanation:
     """What the model said about one image, and where it looked.
 
-    probabilities/logits: 1-D over the model's outputs; for "binary" a single value, P(positive).
+    probabilities/logits: 1-D over the model's outputs; for a binary model a single value, P(positive).
     heatmap: float32 (H, W) in [0, 1] at the input tensor's resolution; all zeros when the method found no
         positive evidence for the target.
-    target_index: the class explained; for "binary" 1 = positive, 0 = negative (the label convention).
+    target_index: the class explained; for a binary model 1 = positive, 0 = negative (`Task.class_index`).
     """
 
     probabilities: np.ndarray
@@ -103,59 +109,144 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
     """The lock `explain` holds on `model` while its hooks are registered.
 
     The CAM hooks sit on the shared target module, so any other forward of the same model during an `explain`
-    (another thread, another Streamlit session) would add its activations to that call's; Ablation-CAM even
-    swaps the target layer out for a while. Take this lock around other forwards that may run concurrently.
+    (another thread, another Streamlit session) would add its activations to that call's, or (Grad-CAM) have
+    its explained layer's output swapped; Ablation-CAM even swaps the target layer out for a while. Take this
+    lock around other forwards that may run concurrently.
     """
     with _locks_guard:
         return _locks.setdefault(model, threading.RLock())
 
 
-def _check_names(task: str, method: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+def _target_index(task: Task, index: int | None, logits: torch.Tensor) -> int:
+    """The class to explain, from one image's logits (C,): `index` checked, or the default one."""
+    num_outputs = logits.shape[-1]
+    if task.single_logit and num_outputs != 1:
+        raise CamError(f"a binary model has one logit, this one has {num_outputs}; use 'multiclass'")
+    if index is None:
+        return task.default_class_index(logits)
+    valid = task.num_explainable(num_outputs)
+    if not 0 <= index < valid:
+        raise CamError(f"target_index {index} out of range for a {task} model; valid: 0-{valid - 1}")
+    return index
+
+
+def _min_max(image: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's `scale_cam_image` for one map: shifted to 0 and scaled to a maximum of ~1."""
+    image = image - np.min(image)
+    return image / (1e-7 + np.max(image))
+
+
+def _grad_cam(
+    model: torch.nn.Module, x: torch.Tensor, layer: torch.nn.Module, task: Task, index: int | None
+) -> tuple[torch.Tensor, np.ndarray, int] | None:
+    """Grad-CAM of one image as pytorch-grad-cam computes it, with a backward pass through the tail only.
+
+    The forward runs without gradients; a hook on `layer` replaces its output by a leaf that requires grad and
+    switches gradient recording on for the rest of the forward (`torch.no_grad` restores the caller's mode on
+    exit). The gradient of the class score with respect to that leaf is all Grad-CAM needs: per channel the
+    spatial mean of the gradient weights the activations. Returns (logits (C,), heatmap, index), or None when
+    `layer` did not run exactly once (then the caller uses pytorch-grad-cam).
+    """
+    leaves: list[torch.Tensor] = []
+    calls = 0
+
+    def record_from_here(module: torch.nn.Module, args: Any, output: Any) -> torch.Tensor | None:
+        nonlocal calls
+        calls += 1
+        if calls > 1 or not isinstance(output, torch.Tensor) or output.dim() != 4:
+            return None
+        leaf = output.detach().requires_grad_(True)
+        leaves.append(leaf)
+        torch.set_grad_enabled(True)
+        # A clone, so that an in-place op after the layer (a residual `x += shortcut`) changes neither the
+        # activations kept for the map nor a leaf that autograd would refuse to see modified.
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(record_from_here)
+    try:
+        with torch.no_grad():
+            output = model(x)
+    finally:
+        handle.remove()
+    if calls != 1 or not leaves:
+        return None
+    logits = output[0]
+    index = _target_index(task, index, logits.detach())
+    score = task.class_score(logits, index)
+    (activations,) = leaves
+    if score.requires_grad:
+        (gradients,) = torch.autograd.grad(score, activations, allow_unused=True, materialize_grads=True)
+    else:  # the output does not depend on the layer
+        gradients = torch.zeros_like(activations)
+    # The same numpy float32 arithmetic as pytorch-grad-cam's GradCAM, for the same map.
+    activation = activations.detach().float().cpu().numpy()
+    weights = np.mean(gradients.float().cpu().numpy(), axis=(2, 3))
+    cam = np.maximum((weights[:, :, None, None] * activation).sum(axis=1)[0], 0)
+    height, width = x.shape[-2:]
+    heatmap = _min_max(np.maximum(cv2.resize(np.float32(_min_max(cam)), (width, height)), 0))
+    return logits.detach(), heatmap, index
+
+
+@functools.cache
+def _cam_class(method: str) -> type[BaseCAM]:
+    return getattr(importlib.import_module("pytorch_grad_cam"), CAM_METHODS[method])
 
 
 class _Target:
-    """The scalar a CAM method explains: a class logit, or -logit for the negative class of a binary model.
+    """The scalar a pytorch-grad-cam method explains: `Task.class_score` of the real forward pass's class.
 
     The number of outputs is known only once the model has run, so the index is checked (or, by default, set
     to the top class) from `cam.outputs`, the logits of the real forward pass: Score-CAM calls its targets on
     masked copies of the input only, and EigenCAM never calls them.
     """
 
-    def __init__(self, task: str, index: int | None, cam: BaseCAM) -> None:
-        self.task, self.index, self.cam, self.resolved = task, index, cam, False
+    def __init__(self, task: Task, index: int | None, cam: BaseCAM) -> None:
+        self.task, self.index, self.cam = task, index, cam
+        self.resolved: int | None = None
 
     def resolve(self) -> int:
-        if self.resolved:
-            return self.index
-        logits = self.cam.outputs.detach()[0]
-        num_outputs = logits.shape[-1]
-        if self.task == "binary" and num_outputs != 1:
-            raise ValueError(f"a binary model has one logit, this one has {num_outputs}; use 'multiclass'")
-        valid = 2 if self.task == "binary" else num_outputs
-        if self.index is None:
-            self.index = int(logits[0] >= 0) if self.task == "binary" else int(logits.argmax())
-        elif not 0 <= self.index < valid:
-            task, index = self.task, self.index
-            raise ValueError(f"target_index {index} out of range for a {task} model; valid: 0-{valid - 1}")
-        self.resolved = True
-        return self.index
+        if self.resolved is None:
+            self.resolved = _target_index(self.task, self.index, self.cam.outputs.detach()[0])
+        return self.resolved
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        index = self.resolve()
-        if self.task == "binary":
-            return output[0] if index == 1 else -output[0]
-        return output[index]
+        return self.task.class_score(output, self.resolve())
+
+
+def _library_cam(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    layer: torch.nn.Module,
+    task: Task,
+    index: int | None,
+    method: str,
+) -> tuple[torch.Tensor, np.ndarray, int]:
+    """(logits (C,), heatmap, index) from pytorch-grad-cam's implementation of `method`."""
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+    from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+
+    ablation = AblationLayer() if method == "Ablation-CAM" else None  # its default instance is shared
+    extra = {"ablation_layer": ablation} if ablation is not None else {}
+    # A clone of the input with requires_grad keeps the graph alive even when every parameter is frozen.
+    x = x.requires_grad_(True)
+    try:
+        with torch.enable_grad(), _cam_class(method)(model=model, target_layers=[layer], **extra) as cam:
+            target = _Target(task, index, cam)
+            try:
+                grayscale = cam(x, targets=[target])
+            except IndexError as exc:  # BaseCAM.__exit__ would swallow it (and print): re-raise
+                raise RuntimeError(f"{method} failed on this model: {exc}") from exc
+            return cam.outputs.detach()[0], grayscale[0], target.resolve()
+    finally:
+        if ablation is not None:  # Ablation-CAM restores the layer only when it succeeds
+            replace_layer_recursive(model, ablation, layer)
 
 
 def explain(
     model: torch.nn.Module,
     input_tensor: torch.Tensor,
     *,
-    task: Task,
+    task: Task | str,
     target_index: int | None = None,
     method: str = "Grad-CAM",
     layer: torch.nn.Module | None = None,
@@ -166,49 +257,86 @@ def explain(
         model: a classifier returning logits (N, C); pass it through `prepare_for_cam` once first. It runs in
             eval mode; its previous mode is restored and no gradients are left on its parameters.
         input_tensor: the normalised image, (3, H, W) or (1, 3, H, W).
-        task: "binary" (one logit), "multiclass" (softmax) or "multilabel" (sigmoid per finding).
+        task: the model's task: binary (one logit), multiclass (softmax) or multilabel (sigmoid per finding).
         target_index: the class to explain; binary: 1 = positive (the logit), 0 = negative (-logit, so the map
             shows the evidence for "normal"). Default: the top class; binary: positive if P >= 0.5.
         method: a key of `CAM_METHODS` (see `SLOW_METHODS` for the slow ones).
         layer: the layer to explain; default `target_layer(model)`.
 
     Raises:
-        ValueError: unknown task or method, wrong input shape, target_index out of range, or a binary model
+        TaskError: an unknown task.
+        CamError: an unknown method, a wrong input shape, target_index out of range, or a binary model
             without exactly one logit.
+        RuntimeError: the model failed inside the CAM method.
     """
-    _check_names(task, method)
+    task = Task.parse(task)
+    if method not in CAM_METHODS:
+        raise CamError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
     if input_tensor.dim() == 3:
         input_tensor = input_tensor.unsqueeze(0)
     if input_tensor.dim() != 4 or input_tensor.shape[0] != 1:
         shape = list(input_tensor.shape)
-        raise ValueError(f"explain takes one image, (C, H, W) or (1, C, H, W); got shape {shape}")
+        raise CamError(f"explain takes one image, (C, H, W) or (1, C, H, W); got shape {shape}")
     layer = target_layer(model) if layer is None else layer
-    extra = {"ablation_layer": AblationLayer()} if method == "Ablation-CAM" else {}  # its default is shared
     with model_lock(model):
         was_training = model.training
-        # Inference mode (a caller's or the input's) would forbid the backward pass; a clone of the input with
-        # requires_grad keeps the graph alive even when every parameter is frozen.
-        with torch.inference_mode(False), torch.enable_grad():
-            x = input_tensor.clone().requires_grad_(True)
-            try:
-                with CAM_METHODS[method](model=model, target_layers=[layer], **extra) as cam:
-                    target = _Target(task, target_index, cam)
+        model.eval()
+        # Inference mode (a caller's or the input's) would forbid any backward pass; the clone is an ordinary
+        # tensor even when the input was made in inference mode.
+        try:
+            with torch.inference_mode(False):
+                x = input_tensor.clone()
+                result = None
+                if method == "Grad-CAM":
                     try:
-                        grayscale = cam(x, targets=[target])
-                    except IndexError as exc:  # BaseCAM.__exit__ would swallow it (and print): re-raise
+                        result = _grad_cam(model, x, layer, task, target_index)
+                    except IndexError as exc:  # like pytorch-grad-cam's methods: the model failed
                         raise RuntimeError(f"{method} failed on this model: {exc}") from exc
-                    index = target.resolve()
-                    logits = cam.outputs.detach()[0].float().cpu()
-            finally:
-                if extra:  # Ablation-CAM restores the layer only when it succeeds
-                    replace_layer_recursive(model, extra["ablation_layer"], layer)
-                model.zero_grad(set_to_none=True)
-                model.train(was_training)
-    probabilities = logits.softmax(-1) if task == "multiclass" else logits.sigmoid()
-    heatmap = np.clip(np.nan_to_num(grayscale[0], nan=0.0), 0.0, 1.0).astype(np.float32)
+                if result is None:
+                    result = _library_cam(model, x, layer, task, target_index, method)
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+    logits, grayscale, index = result
+    logits = logits.float().cpu()
+    probabilities = logits.softmax(-1) if task.exclusive else logits.sigmoid()
+    heatmap = np.clip(np.nan_to_num(grayscale, nan=0.0), 0.0, 1.0).astype(np.float32)
     if not heatmap.any():
         logger.debug("%s found no positive evidence for class %d: the heatmap is all zeros", method, index)
     return Explanation(probabilities.numpy(), logits.numpy(), heatmap, index, method)
+
+
+@functools.cache
+def colour_table(colormap: str) -> np.ndarray:
+    """A matplotlib colormap's colours, read-only float64 (N, 3) RGB in [0, 1]; jet without matplotlib.
+
+    Raises:
+        CamError: not a matplotlib colormap name.
+    """
+    if colormap == "jet":
+        table = _jet_table()
+    else:
+        from matplotlib import colormaps
+
+        if colormap not in colormaps:
+            raise CamError(f"unknown colormap {colormap!r}; use a matplotlib name: jet, inferno, viridis")
+        cmap = colormaps[colormap]
+        table = cmap(np.arange(cmap.N))[:, :3]
+    table.setflags(write=False)
+    return table
+
+
+def _jet_table() -> np.ndarray:
+    """matplotlib's jet: its `_create_lookup_table` for continuous segments, in the same arithmetic."""
+    xind = (_LUT_SIZE - 1) * np.linspace(0, 1, _LUT_SIZE)
+    channels = []
+    for name in ("red", "green", "blue"):
+        x, y = (np.array(column, dtype=np.float64) for column in zip(*_JET_SEGMENTS[name], strict=True))
+        x = x * (_LUT_SIZE - 1)
+        ind = np.asarray(np.searchsorted(x, xind))[1:-1]
+        distance = (xind[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+        channels.append(np.concatenate([[y[0]], distance * (y[ind] - y[ind - 1]) + y[ind - 1], [y[-1]]]))
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
 
 
 def overlay(
@@ -220,19 +348,20 @@ def overlay(
         image: float (H, W) in [0, 1].
         heatmap: float (h, w) in [0, 1]; resized bilinearly to (H, W).
         opacity: 0 gives the plain grayscale image, 1 the pure colour map.
-        colormap: a matplotlib colormap name.
+        colormap: a matplotlib colormap name (the colours are exactly matplotlib's).
 
     Returns:
         uint8 RGB (H, W, 3).
     """
     if image.ndim != 2 or heatmap.ndim != 2:
-        raise ValueError(f"overlay takes 2-D image and heatmap; got {image.shape} and {heatmap.shape}")
+        raise CamError(f"overlay takes 2-D image and heatmap; got {image.shape} and {heatmap.shape}")
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1]; got {opacity}")
-    if colormap not in colormaps:
-        raise ValueError(f"unknown colormap {colormap!r}; use a matplotlib name: jet, inferno, viridis, ...")
+        raise CamError(f"opacity must be in [0, 1]; got {opacity}")
+    table = colour_table(colormap)
     height, width = image.shape
     heat = cv2.resize(np.asarray(heatmap, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    colour = colormaps[colormap](np.clip(heat, 0.0, 1.0))[..., :3]
+    # matplotlib's Colormap.__call__ for floats: index floor(x * N) in float32, 1.0 -> the last colour
+    index = np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0) * np.float32(len(table))
+    colour = table[np.minimum(index.astype(np.intp), len(table) - 1)]
     gray = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1)
     return np.rint(255.0 * ((1.0 - opacity) * gray + opacity * colour)).astype(np.uint8)

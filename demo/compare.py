@@ -53,8 +53,8 @@ from demo.comparison import (
     to_csv,
 )
 from demo.examples import EXAMPLES_ENV, example_files
-from demo.memory import limit_allocator
 from demo.predictor import USER_ERRORS, LoadedModel, Predictor, as_uint8, internal_error
+from trainer.allocator import Profile, tune_allocator
 from trainer.model_source import quote
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def get_predictor(env: tuple[tuple[str, str], ...], public: bool) -> Predictor:
     forward pass with CAM hooks runs under the model's `demo.cam.model_lock`. What a session types or loads
     stays in its own `st.session_state`.
     """
-    limit_allocator()  # once per server process: see demo/memory.py
+    tune_allocator(Profile.SERVER)  # once per server process: see trainer/allocator.py
     environ = dict(env)
     presets = tuple(m.strip() for m in environ.get(MODELS_PRESET_ENV, "").split(",") if m.strip())
     return Predictor.from_env(environ, extra=presets, public=public, max_models=MAX_MODELS + 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -17,6 +18,7 @@ import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
 from demo.cam import (
     CAM_METHODS,
     SLOW_METHODS,
+    colour_table,
     explain,
     model_lock,
     overlay,
@@ -194,13 +196,17 @@ def test_prepare_for_cam_fixes_inplace_activations():
     x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     reference = RegionModel([[1.0, -1.0]])
     inplace = RegionModel([[1.0, -1.0]], inplace=True)
-    expected = explain(reference, x, task="binary", target_index=1, layer=reference.features).heatmap
-    # Without the fix the in-place ReLU overwrites the activations the hook saved: a silently different map.
-    broken = explain(inplace, x, task="binary", target_index=1, layer=inplace.features).heatmap
-    assert not np.allclose(broken, expected, atol=1e-3)
+
+    def heatmap(model: RegionModel, method: str) -> np.ndarray:
+        return explain(model, x, task="binary", target_index=1, method=method, layer=model.features).heatmap
+
+    expected = heatmap(reference, "XGrad-CAM")
+    # pytorch-grad-cam keeps the layer's output itself: without the fix the in-place ReLU overwrites it.
+    assert not np.allclose(heatmap(inplace, "XGrad-CAM"), expected, atol=1e-3)
+    # Grad-CAM's own path hands the rest of the network a copy: right even before the fix.
+    np.testing.assert_allclose(heatmap(inplace, "Grad-CAM"), heatmap(reference, "Grad-CAM"), atol=1e-6)
     assert prepare_for_cam(inplace) is inplace and inplace.act.inplace is False
-    fixed = explain(inplace, x, task="binary", target_index=1, layer=inplace.features).heatmap
-    np.testing.assert_allclose(fixed, expected, atol=1e-6)
+    np.testing.assert_allclose(heatmap(inplace, "XGrad-CAM"), expected, atol=1e-6)
 
 
 def test_prepare_for_cam_fixes_a_layer_inside_a_timm_block():
@@ -332,3 +338,27 @@ def test_overlay_rejects_bad_arguments():
         overlay(image, image, colormap="jett")
     with pytest.raises(ValueError, match="2-D"):
         overlay(np.zeros((8, 8, 3)), image)
+
+
+def test_jet_table_is_matplotlibs_jet():
+    from matplotlib import colormaps
+
+    jet = colormaps["jet"]
+    np.testing.assert_array_equal(colour_table("jet"), jet(np.arange(jet.N))[:, :3])
+    assert not colour_table("jet").flags.writeable  # a shared cache
+
+
+@pytest.mark.parametrize("colormap", ["jet", "inferno"])
+def test_overlay_colours_are_matplotlibs(colormap):
+    from matplotlib import colormaps
+
+    rng = np.random.default_rng(0)
+    image = rng.random((37, 53), dtype=np.float32)
+    heatmap = rng.random((7, 9), dtype=np.float32)
+    heatmap[0, :3] = [0.0, 1.0, 255.5 / 256]  # both ends and a colour boundary
+    heat = cv2.resize(heatmap, (53, 37), interpolation=cv2.INTER_LINEAR)
+    colour = colormaps[colormap](np.clip(heat, 0.0, 1.0))[..., :3]
+    gray = np.repeat(image[..., None], 3, axis=-1)
+    for opacity in (0.0, 0.4, 1.0):
+        expected = np.rint(255.0 * ((1.0 - opacity) * gray + opacity * colour)).astype(np.uint8)
+        np.testing.assert_array_equal(overlay(image, heatmap, opacity=opacity, colormap=colormap), expected)

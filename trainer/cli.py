@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    from trainer.allocator import tune_allocator
+
+    tune_allocator()  # before the first large tensor; see trainer/allocator.py
     try:
         return args.run(args)
     except KeyboardInterrupt:

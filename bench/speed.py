@@ -1,0 +1,415 @@
+"""Speed against bare baselines (issue 16): every figure is a ratio to a bare script measured in the same run.
+
+    python bench/speed.py                    # every part, the default sizes; writes docs/benchmarks.md
+    python bench/speed.py --quick            # a smoke run at small scale (numbers not worth keeping)
+    python bench/speed.py --parts model-step batch-predict --images 745
+    python bench/speed.py --parts http --http-url http://127.0.0.1:7860   # a running app's /predict
+
+Parts (each a row of the table, with its goal):
+    model-step      the demo's model step (forward + Grad-CAM map, `demo.cam.explain`) vs the bare eager
+                    forward alone; also pytorch-grad-cam's GradCAM (the previous implementation)
+    server-predict  `Predictor.predict` (read, preprocess, forward, map, display images) vs a bare script
+                    doing the same read, CLAHE, letterbox and forward without any map
+    http            a /predict round trip through gradio_client vs the same prediction server side
+    batch-predict   `trainer.batch_inference` (workers + ForwardRunner) and today's `predict_to_csv` vs a
+                    bare eager loop doing the same decode, preprocessing and forward
+    training        `trainer.engine.train_one_epoch` (chexlab's model defaults, Accelerate) vs a bare loop
+                    over the same in-memory batches (unfrozen backbone)
+    cold-start      `python app.py` to the first HTTP 200, vs a bare Gradio app
+    idle-rss        the idle app's resident memory, vs the bare Gradio app's
+
+Equality checks (results whatever the machine): the fast Grad-CAM against pytorch-grad-cam and the ONNX
+Runtime copies against PyTorch, on the embedded models. Timings are medians of interleaved runs; run on a
+quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import DOC, replace_section  # noqa: E402
+from trainer.allocator import tune_allocator  # noqa: E402
+
+SECTION = "speed"
+MODEL = ROOT / "demo" / "models" / "nih-binary"
+NIH_IMAGES = ROOT.parent / "shared" / "data" / "nih_cxr14_subset" / "images"
+PARTS = ("model-step", "server-predict", "http", "batch-predict", "training", "cold-start", "idle-rss")
+GOALS = {
+    "model-step": "<= 1.2x (moonshot 1.05x)",
+    "server-predict": "<= 1.3x (moonshot 1.1x)",
+    "http": "<= 1.5x",
+    "batch-predict": ">= 2x faster",
+    "training": ">= 1.0x as fast",
+    "cold-start": "<= 4 s",
+    "idle-rss": "<= 850 MB",
+}
+
+
+def interleaved(runs: int, **candidates: Callable[[], object]) -> dict[str, float]:
+    """Median seconds of each candidate, run in turns (one warm-up each) so that all see the same load."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(runs + 1):
+        for name, run in candidates.items():
+            started = time.perf_counter()
+            run()
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def test_image(folder: Path) -> Path:
+    """A 1024x1024 16-bit PNG radiograph (an NIH image scaled up when ../shared is there, else synthetic)."""
+    import cv2
+
+    sources = sorted(NIH_IMAGES.glob("*.png"))[:1]
+    read = cv2.imread(str(sources[0]), cv2.IMREAD_GRAYSCALE) if sources else None
+    if read is not None:
+        pixels = read.astype(np.float32) / 255
+    else:
+        y, x = np.mgrid[0:512, 0:512] / 512
+        pixels = (0.2 + 0.6 * np.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) * 8)).astype(np.float32)
+    pixels = cv2.resize(pixels, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    path = folder / "chest16.png"
+    cv2.imwrite(str(path), np.clip(pixels * 65535, 0, 65535).astype(np.uint16))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- parts
+
+
+def model_step(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
+    from pytorch_grad_cam import GradCAM
+
+    from demo.cam import explain, prepare_for_cam, target_layer
+    from trainer.export import load_model
+    from trainer.inference import InputTransform
+    from trainer.io import load_xray
+
+    model, info = load_model(MODEL)
+    prepare_for_cam(model)
+    x = InputTransform.for_model(info)(load_xray(image).pixels)
+    batch = x.tensor.unsqueeze(0)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            model(batch)
+
+    def library() -> None:
+        with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
+            cam(batch.clone().requires_grad_(True), targets=None)
+
+    t = interleaved(runs, bare=bare, fast=lambda: explain(model, batch, task=info.task), library=library)
+    return [
+        (
+            "model-step",
+            "explain (Grad-CAM) / bare forward",
+            t["fast"] / t["bare"],
+            f"bare {t['bare'] * 1e3:.1f} ms",
+        ),
+        ("model-step", "pytorch-grad-cam GradCAM / bare forward (before)", t["library"] / t["bare"], ""),
+    ]
+
+
+def server_predict(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
+    from demo.predictor import Predictor
+    from trainer.export import load_model
+    from trainer.inference import InputTransform
+    from trainer.io import load_xray
+
+    predictor = Predictor({"nih-binary": f"local-dir:{MODEL}"}, cache_size=0)
+    predictor.load("nih-binary")
+    model, info = load_model(MODEL)
+    transform = InputTransform.for_model(info)
+
+    def bare() -> (
+        None
+    ):  # read, CLAHE (the model's pipeline), letterbox, normalise, forward: no map, no images
+        tensor = transform(load_xray(image).pixels).tensor
+        with torch.inference_mode():
+            model(tensor.unsqueeze(0))
+
+    t = interleaved(runs, bare=bare, server=lambda: predictor.predict(image))
+    what = "Predictor.predict / bare read+CLAHE+letterbox+forward"
+    return [("server-predict", what, t["server"] / t["bare"], f"bare {t['bare'] * 1e3:.0f} ms")]
+
+
+def http(runs: int, image: Path, url: str | None) -> list[tuple[str, str, float, str]]:
+    """A /predict round trip vs the same prediction server side (the app's /predict takes the file first)."""
+    if not url:
+        return [
+            ("http", "/predict round trip / server side", float("nan"), "needs --http-url of a running app")
+        ]
+    from gradio_client import Client, handle_file
+
+    from demo.predictor import Predictor
+
+    client = Client(url, verbose=False)
+    predictor = Predictor({"nih-binary": f"local-dir:{MODEL}"}, cache_size=0)
+    predictor.load("nih-binary")
+    t = interleaved(
+        runs,
+        server=lambda: predictor.predict(image),
+        http=lambda: client.predict(handle_file(str(image)), api_name="/predict"),
+    )
+    return [
+        (
+            "http",
+            "/predict round trip / server side",
+            t["http"] / t["server"],
+            f"server {t['server'] * 1e3:.0f} ms",
+        )
+    ]
+
+
+def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
+    from trainer.batch_inference import write_predictions
+    from trainer.export import load_model
+    from trainer.inference import InputTransform
+    from trainer.io import load_xray
+    from trainer.predict import predict_to_csv
+    from trainer.runtime import ForwardRunner
+
+    paths = sorted(NIH_IMAGES.glob("*.png"))[:count]
+    if not paths:
+        return [("batch-predict", "batch predict", float("nan"), f"needs the NIH images at {NIH_IMAGES}")]
+    model, info = load_model(MODEL)
+    transform, task = InputTransform.for_model(info), info.task
+    work = Path(tempfile.mkdtemp(prefix="chexlab-speed-"))
+    started = time.perf_counter()
+    runner = ForwardRunner.for_model(model, info.data_config["input_size"], cache_dir=work / "cache")
+    export_seconds = time.perf_counter() - started
+
+    def bare() -> None:  # the naive loop: decode, preprocess, eager forward, 16 at a time
+        for start in range(0, len(paths), 16):
+            tensors = [transform(load_xray(p).pixels).tensor for p in paths[start : start + 16]]
+            with torch.inference_mode():
+                task.probabilities(model(torch.stack(tensors)))
+
+    t = interleaved(
+        runs,
+        bare=bare,
+        today=lambda: predict_to_csv(str(MODEL), list(paths), work / "today.csv"),
+        parallel=lambda: write_predictions(model, info, paths, work / "parallel.csv", runner=runner),
+    )
+    note = f"{len(paths)} images, bare {len(paths) / t['bare']:.1f} img/s; {runner.backend}"
+    note += f" (export {export_seconds:.1f} s, once per weights)"
+    return [
+        ("batch-predict", "bare eager loop / batch_inference (speed-up)", t["bare"] / t["parallel"], note),
+        ("batch-predict", "bare eager loop / predict_to_csv today (speed-up)", t["bare"] / t["today"], ""),
+    ]
+
+
+def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
+    import timm
+    from accelerate import Accelerator
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainer.engine import train_one_epoch
+    from trainer.losses import BinaryLoss
+    from trainer.modeling import create_classifier
+    from trainer.task import Task
+
+    torch.manual_seed(0)
+    images = torch.randn(batches * 16, 3, 224, 224)
+    data = TensorDataset(images, torch.randint(0, 2, (len(images),)).float(), torch.arange(len(images)))
+    loss_fn = nn.BCEWithLogitsLoss()
+    bare_model = timm.create_model("tf_efficientnet_lite0", num_classes=1).train()
+    bare_opt = torch.optim.AdamW(bare_model.parameters(), 1e-4)
+    bare_loader = DataLoader(data, batch_size=16)
+
+    def bare() -> None:
+        for x, y, _ in bare_loader:
+            loss = loss_fn(bare_model(x)[:, 0], y)
+            loss.backward()
+            bare_opt.step()
+            bare_opt.zero_grad(set_to_none=True)
+
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    model = create_classifier("tf_efficientnet_lite0", 1, drop_rate=0.2)  # chexlab's default head dropout
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(data, batch_size=16))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    def chexlab() -> None:
+        train_one_epoch(
+            model, loader, BinaryLoss(), optimizer, scheduler, accelerator, task=Task.BINARY, epoch=0,
+            updates=0, max_steps=None, max_grad_norm=1.0, progress=False, describe_batch=str,
+        )  # fmt: skip
+
+    t = interleaved(runs, bare=bare, chexlab=chexlab)
+    note = f"{batches} batches of 16 at 224 px in memory; bare {batches * 16 / t['bare']:.1f} img/s"
+    return [
+        ("training", "bare loop / train_one_epoch (speed, >= 1 is as fast)", t["bare"] / t["chexlab"], note)
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(command: list[str], deadline: float = 300.0) -> tuple[float, int]:
+    """(seconds to the first HTTP 200, idle RSS bytes 3 s later) of a server started by `command`."""
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while True:
+            if process.poll() is not None or time.perf_counter() - started > deadline:
+                raise RuntimeError(f"{command} did not serve http://127.0.0.1:{port}/")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        ready = time.perf_counter() - started
+        time.sleep(3)
+        rss = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return ready, rss
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+BARE_GRADIO = "import gradio as gr\nwith gr.Blocks() as demo:\n    gr.Markdown('bare')\ndemo.launch()\n"
+
+
+def start_up(runs: int) -> list[tuple[str, str, float, str]]:
+    app, bare = [], []
+    for _ in range(runs):
+        app.append(_serve([sys.executable, "app.py"]))
+        bare.append(_serve([sys.executable, "-c", BARE_GRADIO]))
+    app_s, bare_s = statistics.median(a[0] for a in app), statistics.median(b[0] for b in bare)
+    app_rss, bare_rss = statistics.median(a[1] for a in app), statistics.median(b[1] for b in bare)
+    return [
+        ("cold-start", "python app.py to HTTP 200 / bare Gradio app", app_s / bare_s, f"app {app_s:.1f} s"),
+        (
+            "idle-rss",
+            "idle app RSS / bare Gradio app RSS",
+            app_rss / bare_rss,
+            f"app {app_rss / 2**20:.0f} MB",
+        ),
+    ]
+
+
+def equality() -> list[str]:
+    """The fast Grad-CAM vs pytorch-grad-cam and ONNX Runtime vs PyTorch on the embedded models."""
+    from pytorch_grad_cam import GradCAM
+
+    from demo.cam import explain, prepare_for_cam, target_layer
+    from trainer.export import load_model
+    from trainer.runtime import ForwardRunner
+    from trainer.task import Task
+
+    lines = [
+        "| model | fast Grad-CAM vs pytorch-grad-cam (max abs) | ONNX Runtime vs PyTorch logits (max abs) |",
+        "|---|---|---|",
+    ]
+    for folder in sorted((ROOT / "demo" / "models").iterdir()):
+        model, info = load_model(folder)
+        prepare_for_cam(model)
+        task = Task.parse(info.task)
+        x = torch.randn(1, 3, *info.data_config["input_size"][1:], generator=torch.Generator().manual_seed(0))
+        index = explain(model, x, task=task).target_index
+        with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
+            score = functools.partial(
+                lambda out, task, index: task.class_score(out, index), task=task, index=index
+            )
+            expected = cam(x.clone().requires_grad_(True), targets=[score])[0]
+        cam_gap = np.abs(explain(model, x, task=task, target_index=index).heatmap - expected).max()
+        with tempfile.TemporaryDirectory() as cache:
+            runner = ForwardRunner.for_model(model, info.data_config["input_size"], cache_dir=cache)
+            batch = torch.randn(
+                4, *info.data_config["input_size"], generator=torch.Generator().manual_seed(1)
+            )
+            with torch.inference_mode():
+                onnx_gap = (runner(batch) - model(batch)).abs().max().item()
+        lines.append(f"| {folder.name} | {cam_gap:.1e} | {onnx_gap:.1e} ({runner.backend}) |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per candidate (after one warm-up)")
+    parser.add_argument("--images", type=int, default=745, help="NIH images for batch-predict")
+    parser.add_argument("--batches", type=int, default=8, help="training batches of 16 per epoch")
+    parser.add_argument("--http-url", help="a running app (python app.py) for the http part")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 runs, 24 images, 2 batches")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.images, args.batches = 2, 24, 2
+    tune_allocator()  # as the CLI and the app do
+    rows: list[tuple[str, str, float, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        image = test_image(Path(tmp))
+        parts: dict[str, Callable[[], list[tuple[str, str, float, str]]]] = {
+            "model-step": lambda: model_step(args.runs, image),
+            "server-predict": lambda: server_predict(args.runs, image),
+            "http": lambda: http(args.runs, image, args.http_url),
+            "batch-predict": lambda: batch_predict(max(1, args.runs // 5), args.images),
+            "training": lambda: training(max(1, args.runs // 5), args.batches),
+            "cold-start": lambda: start_up(max(1, args.runs // 5)),
+        }
+        wanted = ["cold-start" if part == "idle-rss" else part for part in args.parts]
+        for part in dict.fromkeys(wanted):
+            print(f"measuring {part} ...", file=sys.stderr, flush=True)
+            measured = parts[part]()
+            for row in measured:
+                print("  ", *row, sep=" | ", file=sys.stderr, flush=True)
+            rows.extend(measured)
+    table = ["| part | measure | ratio | goal | note |", "|---|---|---|---|---|"]
+    for part, what, ratio, note in rows:
+        table.append(f"| {part} | {what} | {ratio:.2f} | {GOALS[part]} | {note} |")
+    cpu = platform.processor() or platform.machine()
+    body = "\n".join(
+        [
+            "## Speed against bare baselines (issue 16)",
+            "",
+            "**Smoke run (--quick): these timings are not results.**\n" if args.quick else "",
+            f"`python bench/speed.py{' --quick' if args.quick else ''}` on {os.cpu_count()} cores ({cpu}), "
+            f"torch {torch.__version__}, {args.runs} interleaved runs (medians). Each ratio compares chexlab "
+            "with a bare script measured in the same run; the goals are issue 16's.",
+            "",
+            *table,
+            "",
+            "Equality (independent of the machine):",
+            "",
+            *equality(),
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        replace_section(SECTION, body, DOC)
+        print(f"wrote the {SECTION!r} section of {DOC}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
