@@ -51,7 +51,7 @@ def two_patients() -> tuple[list[float], dict[str, list[float]], list[str]]:
     with 1/2: A = 3/4 (0.2 < 0.8 is its one lost pair of four), B = 1, difference 1/4; (P2, P2) with 1/4:
     A = 0, B = 1, difference 1. The observed difference is 1/4.
     """
-    targets = [1, 0, 1, 0]
+    targets = [1.0, 0.0, 1.0, 0.0]
     probs = {"A": [0.9, 0.1, 0.2, 0.8], "B": [0.9, 0.1, 0.8, 0.2]}
     return targets, probs, ["P1", "P1", "P2", "P2"]
 
@@ -187,7 +187,7 @@ def synthetic(task: str, *, n: int, skill: float, seed: int = 0) -> tuple[np.nda
     """Balanced targets and probabilities whose separation grows with `skill` (0 = pure noise)."""
     rng = np.random.default_rng(seed)
     if task == "multiclass":
-        targets = np.arange(n) % 3
+        targets: np.ndarray = np.arange(n) % 3
         logits = rng.normal(size=(n, 3)) + skill * np.eye(3)[targets]
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         return targets, probs
