@@ -146,6 +146,7 @@ def explain_attribution(
     if not 0.0 <= smoothing <= 0.25:
         raise ValueError(f"smoothing must be between 0 and 0.25 (of the image side); got {smoothing}")
     x = _one_image(input_tensor)
+    reference = _baseline_tensor(baseline, x, mean, std) if method == INTEGRATED_GRADIENTS else None
     with model_lock(model):
         was_training = model.training
         model.eval()
@@ -162,8 +163,7 @@ def explain_attribution(
             # is all that is needed.
             with torch.inference_mode(False), torch.enable_grad():
                 inputs = x.clone().requires_grad_(True)
-                if method == INTEGRATED_GRADIENTS:
-                    reference = _baseline_tensor(baseline, inputs.detach(), mean, std)
+                if reference is not None:
                     raw = IntegratedGradients(score).attribute(
                         inputs, baselines=reference, n_steps=steps, internal_batch_size=BATCH
                     )
