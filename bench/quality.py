@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from bench.report import replace_section, with_ci  # noqa: E402
 from trainer import engine  # noqa: E402
 from trainer.config import RunConfig, load_config  # noqa: E402
+from trainer.labels import LabelTable  # noqa: E402
 from trainer.metrics import choose_thresholds, evaluate_predictions  # noqa: E402
 from trainer.run_data import load_table  # noqa: E402
 from trainer.splits import patient_split, write_split  # noqa: E402
@@ -51,14 +53,19 @@ def task_config(task: str, overrides: list[str]) -> RunConfig:
     )
 
 
+def draw_split(cfg: RunConfig) -> tuple[LabelTable, np.ndarray]:
+    """The task's label table and its split as `fit` draws it from the config (train/val/test per row)."""
+    table = load_table(cfg.data)
+    return table, patient_split(
+        table, val=cfg.data.val_fraction, test=cfg.data.test_fraction, seed=cfg.data.split_seed
+    )
+
+
 def fixed_split(cfg: RunConfig) -> Path:
     """Draw the task's split once, before any training, and keep it."""
     path = OUT / cfg.name / "split.csv"
     if not path.is_file():
-        table = load_table(cfg.data)
-        split = patient_split(
-            table, val=cfg.data.val_fraction, test=cfg.data.test_fraction, seed=cfg.data.split_seed
-        )
+        table, split = draw_split(cfg)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_split(table, split, path)
     return path

@@ -302,14 +302,14 @@ def test_bootstrap_is_vectorised(monkeypatch: pytest.MonkeyPatch) -> None:
     y, probs = _binary(1000, seed=10)
     patients = np.arange(1000) // 2
     chunks: list[tuple[int, ...]] = []
-    real = metrics._resample_counts
+    real = metrics.resample_counts
 
     def counted(*args: object, **kwargs: object):
         for chunk in real(*args, **kwargs):  # type: ignore[arg-type]
             chunks.append(chunk.shape)
             yield chunk
 
-    monkeypatch.setattr(metrics, "_resample_counts", counted)
+    monkeypatch.setattr(metrics, "resample_counts", counted)
     evaluate_predictions("binary", ["x"], y, probs, patients, [0.5], n_bootstrap=1000)
     assert chunks == [(1000, 500)]
 

@@ -23,6 +23,7 @@ from trainer.metrics import evaluate_predictions
 from trainer.plots import plot_confusion, plot_roc
 from trainer.reporting import write_json
 from trainer.run_data import SPLIT_FILE, load_split, load_table
+from trainer.subgroups import evaluate_subgroups
 from trainer.transforms import InputSpec
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,10 @@ def evaluate_source(
     )
     out = Path(out_dir) if out_dir else (run_dir if is_run else Path(".")) / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", {split: metrics, "source": source, "data_root": str(table.root)})
+    report = {split: metrics, "source": source, "data_root": str(table.root)}
+    if data_cfg.subgroup_columns:
+        report["subgroups"] = evaluate_subgroups(data_cfg, info, part, probs, n_bootstrap=n_bootstrap)
+    write_json(out / "metrics.json", report)
     plot_roc(
         info.task,
         info.label_names,

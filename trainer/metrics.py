@@ -76,7 +76,7 @@ _MAX_CHUNK_CELLS = 4_000_000
 _PROB_TOLERANCE = 1e-5
 
 
-def _prepare(task: Task, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+def prepare_arrays(task: Task, targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate inputs and bring them to the internal shapes (see `Task.prediction_arrays`)."""
     y, p = task.prediction_arrays(targets, probs)
     if len(y) == 0:
@@ -103,7 +103,7 @@ def one_vs_rest(task: Task | str, targets: Any, probs: Any) -> tuple[np.ndarray,
         C = 1) and probabilities (N, C).
     """
     task = Task.parse(task)
-    y, p = _prepare(task, targets, probs)
+    y, p = prepare_arrays(task, targets, probs)
     return task.indicators(y, p.shape[1]), p
 
 
@@ -133,7 +133,7 @@ def choose_thresholds(
     if not 0.0 < target_sensitivity <= 1.0:
         raise ValueError(f"target_sensitivity must be in (0, 1]; got {target_sensitivity}")
     task = Task.parse(task)
-    y, p = _prepare(task, targets, probs)
+    y, p = prepare_arrays(task, targets, probs)
     if task.exclusive:
         return []
     return [_threshold(y[:, c], p[:, c], method, target_sensitivity, c) for c in range(p.shape[1])]
@@ -217,7 +217,7 @@ class _RankAUC:
             return np.where(pairs > 0, wins / pairs, np.nan)
 
 
-class _Evaluator:
+class Evaluator:
     """Every metric of one set of predictions, for many resamples at once.
 
     A resample is a row of patient draw counts; an image weighs as much as its patient's count. Confusion
@@ -276,7 +276,7 @@ class _Evaluator:
         return per, _headline(self.task, per, self.evaluable)
 
 
-def _resample_counts(
+def resample_counts(
     n_patients: int, n_images: int, n_resamples: int, rng: np.random.Generator
 ) -> Iterator[np.ndarray]:
     """Yield chunks of patient draw counts (b, P), each row one resample of P patients with replacement."""
@@ -293,7 +293,7 @@ def _value(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def _interval(point: float, samples: np.ndarray, confidence: float) -> tuple[dict[str, Any], int]:
+def bootstrap_interval(point: float, samples: np.ndarray, confidence: float) -> tuple[dict[str, Any], int]:
     """{"value", "ci"} and the number of resamples in which the metric was defined."""
     valid = samples[np.isfinite(samples)]
     value = _value(point)
@@ -374,7 +374,7 @@ def evaluate_predictions(
         A JSON-serialisable dict in the schema of the module docstring.
     """
     task = Task.parse(task)
-    y, p = _prepare(task, targets, probs)
+    y, p = prepare_arrays(task, targets, probs)
     names = [str(name) for name in label_names]
     n_images, n_columns = p.shape
     if len(names) != n_columns:
@@ -419,12 +419,12 @@ def evaluate_predictions(
         n_unknown = np.isnan(y).sum(axis=0)
     evaluable = (n_pos >= min_count) & (n_neg >= min_count)
 
-    evaluate = _Evaluator(task, y, p, thr, groups, n_patients, evaluable)
+    evaluate = Evaluator(task, y, p, thr, groups, n_patients, evaluable)
     per, head = evaluate(np.ones((1, n_patients)))
     boot_per = {name: np.empty((0, n_columns)) for name in CLASS_METRICS}
     boot_head = {name: np.empty(0) for name in HEADLINE_METRICS}
     rng = np.random.default_rng(seed)
-    for counts in _resample_counts(n_patients, n_images, n_bootstrap, rng):
+    for counts in resample_counts(n_patients, n_images, n_bootstrap, rng):
         chunk_per, chunk_head = evaluate(counts)
         boot_per = {name: np.concatenate([boot_per[name], chunk_per[name]]) for name in CLASS_METRICS}
         boot_head = {name: np.concatenate([boot_head[name], chunk_head[name]]) for name in HEADLINE_METRICS}
@@ -432,7 +432,9 @@ def evaluate_predictions(
     headline: dict[str, Any] = {}
     used_head: dict[str, int] = {}
     for name in HEADLINE_METRICS:
-        headline[name], used_head[name] = _interval(float(head[name][0]), boot_head[name], confidence)
+        headline[name], used_head[name] = bootstrap_interval(
+            float(head[name][0]), boot_head[name], confidence
+        )
 
     per_class: dict[str, dict[str, Any]] = {}
     used_per: dict[str, dict[str, int]] = {}
@@ -440,7 +442,9 @@ def evaluate_predictions(
         entry: dict[str, Any] = {}
         used: dict[str, int] = {}
         for name in CLASS_METRICS:
-            entry[name], used[name] = _interval(float(per[name][0, c]), boot_per[name][:, c], confidence)
+            entry[name], used[name] = bootstrap_interval(
+                float(per[name][0, c]), boot_per[name][:, c], confidence
+            )
         entry["n_pos"], entry["n_neg"] = int(n_pos[c]), int(n_neg[c])
         entry["threshold"] = used_thresholds[c] if used_thresholds else None
         entry["note"] = _class_note(
