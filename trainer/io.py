@@ -58,6 +58,8 @@ class XRay:
         warnings: lossy or notable conversions made while reading.
         header: a safe DICOM summary (modality, view position, size, ...) without patient identifiers;
             {} for other formats.
+        chroma: how colourful the source was, the mean over pixels of (max - min of R, G, B) in [0, 1]; 0 for
+            grayscale sources and DICOM (whose colour shows in `photometric`).
     """
 
     pixels: np.ndarray
@@ -68,6 +70,7 @@ class XRay:
     window: str | None
     warnings: tuple[str, ...]
     header: dict[str, str]
+    chroma: float = 0.0
 
 
 def load_xray(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> XRay:
@@ -191,6 +194,7 @@ def _read_image(data: bytes, name: str, label: str, max_pixels: int) -> XRay:
         window=window,
         warnings=tuple(found),
         header={},
+        chroma=_chroma(image),
     )
 
 
@@ -231,6 +235,16 @@ def _pil_pixels(
     # RGB, RGBA, P, PA, CMYK, YCbCr, ...: converting to RGB drops any alpha channel.
     rgb = np.asarray(image.convert("RGB"))
     return _gray_from_rgb(rgb, mode, found) / 255.0, 8, None
+
+
+def _chroma(image: Image.Image, samples: int = 65536) -> float:
+    """Mean (max - min) over R, G, B in [0, 1], on an evenly spaced subsample; 0 for grayscale modes."""
+    if image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;16"):
+        return 0.0
+    width, height = image.size
+    step = max(1, round((width * height / samples) ** 0.5))
+    rgb = np.asarray(image.convert("RGB"))[::step, ::step].astype(np.int16)
+    return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean() / 255.0)
 
 
 def _gray_from_rgb(rgb: np.ndarray, mode: str, found: list[str]) -> np.ndarray:
