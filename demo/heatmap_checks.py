@@ -17,7 +17,6 @@ is not what the model used. Neither says the model is right.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-from trainer.calibration import scale_logits
+from trainer.calibration import Calibration
 from trainer.preprocess import find_lungs
 from trainer.task import Task
 
@@ -104,7 +103,7 @@ def deletion_check(
     task: Task | str,
     target_index: int,
     fraction: float = REMOVED_FRACTION,
-    temperatures: Sequence[float] | None = None,
+    calibration: Calibration | None = None,
 ) -> DeletionCheck:
     """The explained class's probability before and after the most salient `fraction` of pixels is removed.
 
@@ -116,7 +115,7 @@ def deletion_check(
         target_index: the explained class, in the explanation convention of `Task.class_index` (binary: 1 =
             positive, 0 = negative).
         fraction: the share of pixels removed, in (0, 1).
-        temperatures: the model's calibration, so that the probabilities are the ones the user sees.
+        calibration: the model's calibration, so that the probabilities are the ones the user sees.
 
     Raises:
         ValueError: `fraction` outside (0, 1) or an input that is not one image.
@@ -129,16 +128,18 @@ def deletion_check(
         raise ValueError(f"deletion_check takes one image, (C, H, W) or (1, C, H, W); got {list(x.shape)}")
     heat = _resized(heatmap, tuple(x.shape[-2:]))
     with torch.no_grad():
-        before = _class_probability(model(x)[0], task, target_index, temperatures)
+        before = _class_probability(model(x)[0], task, target_index, calibration)
         if not heat.any():
             return DeletionCheck(before, None, fraction)
         # Rank, ties broken by position: exactly `fraction` of the pixels, whatever the map's ties.
         order = np.argsort(-heat.ravel(), kind="stable")
-        keep = np.ones(heat.size, dtype=np.float32)
+        keep: np.ndarray = np.ones(heat.size, dtype=np.float32)
         keep[order[: round(fraction * heat.size)]] = 0.0
         mask = torch.from_numpy(keep.reshape(heat.shape))
         imputed = NoisyLinearImputer(noise=0.0)(x[0].detach().cpu().float(), mask)
-        after = _class_probability(model(imputed[None].to(x.device, x.dtype))[0], task, target_index, temperatures)
+        after = _class_probability(
+            model(imputed[None].to(x.device, x.dtype))[0], task, target_index, calibration
+        )
     return DeletionCheck(before, after, fraction)
 
 
@@ -150,24 +151,24 @@ def check_heatmap(
     *,
     task: Task | str,
     target_index: int,
-    temperatures: Sequence[float] | None = None,
+    calibration: Calibration | None = None,
 ) -> HeatmapCheck:
     """Both checks for one explained image (see `lung_share` and `deletion_check`)."""
     return HeatmapCheck(
         lung_share(image, heatmap),
         deletion_check(
-            model, input_tensor, heatmap, task=task, target_index=target_index, temperatures=temperatures
+            model, input_tensor, heatmap, task=task, target_index=target_index, calibration=calibration
         ),
     )
 
 
 def _class_probability(
-    logits: torch.Tensor, task: Task, index: int, temperatures: Sequence[float] | None
+    logits: torch.Tensor, task: Task, index: int, calibration: Calibration | None
 ) -> float:
     """P(class `index`) from one image's logits (C,), in the explanation convention."""
     z = logits.detach().float().cpu()[None]
-    if temperatures is not None:
-        z = scale_logits(z, temperatures)
+    if calibration is not None:
+        z = calibration.scale_logits(z)
     probs = task.probabilities(z)[0]
     if task.single_logit:
         return float(probs) if index == 1 else 1.0 - float(probs)

@@ -12,6 +12,7 @@ import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
 from demo.cam import explain, prepare_for_cam
 from demo.heatmap_checks import check_heatmap, deletion_check, lung_share
 from tests.synthetic import radiograph
+from trainer.calibration import Calibration
 from trainer.inference import prepare_input
 from trainer.preprocess import Pipeline, find_lungs
 from trainer.transforms import InputSpec
@@ -83,10 +84,15 @@ def test_removing_the_evidence_drops_the_score_and_removing_elsewhere_does_not()
     assert off.drop == pytest.approx(0.0, abs=1e-6)
     # The negative class of the same model: removing the evidence for "abnormal" raises P(normal).
     negative = deletion_check(model, x, region, task="binary", target_index=0)
-    assert negative.before == pytest.approx(1 - on.before) and negative.drop is not None and negative.drop < -0.98
+    assert (
+        negative.before == pytest.approx(1 - on.before)
+        and negative.drop is not None
+        and negative.drop < -0.98
+    )
     # With the model's temperature the probabilities are the calibrated ones.
-    warm = deletion_check(model, x, region, task="binary", target_index=1, temperatures=[4.0])
-    assert warm.before == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)
+    calibrated = Calibration((4.0,), (-0.5,), method="temperature+offset")
+    warm = deletion_check(model, x, region, task="binary", target_index=1, calibration=calibrated)
+    assert warm.before == pytest.approx(torch.sigmoid(torch.tensor(8.0 / 4.0 - 0.5)).item(), rel=1e-6)
 
 
 def test_exactly_the_top_fraction_is_removed_even_when_the_map_is_mostly_zero() -> None:
