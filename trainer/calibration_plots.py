@@ -49,7 +49,10 @@ def plot_reliability(
     }
     fig = _new_figure(6.4, 7.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    low = 0.5 if task.single_logit else 0.0  # a binary model's top class has P >= 0.5
+    # The top class of a binary (C-class) model has P >= 1/2 (1/C); a finding's probability can be anything.
+    low = (
+        0.0 if task is Task.MULTILABEL else 1.0 / max(2, np.asarray(before).reshape(len(before), -1).shape[1])
+    )
     top.plot([0, 1], [0, 1], linestyle="--", color="0.55", linewidth=1, label="perfectly calibrated")
     largest = max(int(b.counts.max()) for b in bins.values()) or 1
     for name, colour in (("before", BEFORE_COLOUR), ("after", AFTER_COLOUR)):
@@ -67,8 +70,9 @@ def plot_reliability(
     top.set_xlim(low, 1.0)
     top.set_ylim(-0.02, 1.03)  # room for the dots at 0 and 1
     top.grid(alpha=0.3)
-    top.legend(loc="upper left", fontsize=9, frameon=True)
-    top.set_title(title or "Reliability diagram", fontsize=11)
+    # Above the axes, never over the dots (sparse bins can sit anywhere).
+    top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize=8.5, frameon=False)
+    fig.suptitle(title or "Reliability diagram", fontsize=11)
     bottom.set_ylabel("items per bin")
     bottom.grid(alpha=0.3, axis="y")
     bottom.legend(loc="upper left", fontsize=8)
@@ -76,9 +80,9 @@ def plot_reliability(
 
 
 def _label(name: str, bins: Reliability, ece_chance: float | None) -> str:
-    text = f"{name} calibration (ECE {bins.ece:.3f})"
+    text = f"{name} calibration: ECE {bins.ece:.3f}"
     if name == "after" and ece_chance is not None:
-        text += f"\n  a calibrated model: ECE < {ece_chance:.3f} by chance (95 %)"
+        text += f"\n(a calibrated model: < {ece_chance:.3f} by chance, 95 %)"
     return text
 
 

@@ -93,6 +93,7 @@ MODALITY_NAMES = {
 }
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "RIB", "TORAX", "TORSO")
 DICOM_COLOUR = ("RGB", "YBR", "PALETTE")
+_CHECK_PIXELS = 1_000_000  # the intensity checks look at about this many pixels of a larger image
 
 
 class OODError(ChexlabError, ValueError):
@@ -104,43 +105,49 @@ class OODError(ChexlabError, ValueError):
 
 def image_checks(xray: XRay) -> list[str]:
     """Reasons, in words, why `xray` is not a chest radiograph this model can judge; [] when none applies."""
-    reasons = []
     pixels = np.asarray(xray.pixels, dtype=np.float32)
-    height, width = pixels.shape[:2] if pixels.ndim >= 2 else (pixels.size, 1)
-    if min(height, width) < MIN_SIDE:
-        reasons.append(
-            f"the image is tiny ({height}x{width} px); a chest radiograph needs at least {MIN_SIDE} px a side"
-        )
-    elif max(height, width) / min(height, width) > MAX_ASPECT:
-        ratio = max(height, width) / min(height, width)
-        reasons.append(
-            f"the image is {ratio:.1f} times as long as it is wide ({height}x{width} px); a chest radiograph "
-            f"is roughly square (at most {MAX_ASPECT:g}:1)"
-        )
-    finite = pixels[np.isfinite(pixels)]
-    if finite.size == 0:
-        reasons.append("the image has no readable pixel values (all NaN or infinite)")
-    else:
-        low, high = np.percentile(finite, [1, 99])
-        if high - low < MIN_SPREAD:
-            reasons.append(
-                "the image is blank: (nearly) all pixels have the same value, e.g. all black, or a float "
-                "image without readable values (NaN)"
-            )
-        else:
-            levels = np.bincount(np.rint(np.clip(finite, 0, 1) * 255).astype(np.int64), minlength=256)
-            flat = levels.max() / finite.size
-            if flat > MAX_FLAT_SHARE:
-                reasons.append(
-                    f"{flat:.0%} of the image is one flat value, as in a document, a drawing or a "
-                    "screenshot, not a radiograph"
-                )
+    reasons = [*_shape_reasons(*pixels.shape), *_intensity_reasons(pixels)]
     if xray.chroma > MAX_CHROMA:
         reasons.append(
             "this looks like a colour photograph or picture, not a radiograph (radiographs are gray)"
         )
-    reasons.extend(_dicom_reasons(xray))
-    return reasons
+    return reasons + _dicom_reasons(xray)
+
+
+def _shape_reasons(height: int, width: int) -> list[str]:
+    if min(height, width) < MIN_SIDE:
+        return [
+            f"the image is tiny ({height}x{width} px); a chest radiograph needs at least {MIN_SIDE} px a side"
+        ]
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT:
+        return [
+            f"the image is {ratio:.1f} times as long as it is wide ({height}x{width} px); a chest radiograph "
+            f"is roughly square (at most {MAX_ASPECT:g}:1)"
+        ]
+    return []
+
+
+def _intensity_reasons(pixels: np.ndarray) -> list[str]:
+    step = max(1, math.ceil(math.sqrt(pixels.size / _CHECK_PIXELS)))  # an even subsample of a large image
+    values = pixels[::step, ::step]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return ["the image has no readable pixel values (all NaN or infinite)"]
+    low, high = np.percentile(values, [1, 99])
+    if high - low < MIN_SPREAD:
+        return [
+            "the image is blank: (nearly) all pixels have the same value, e.g. all black, or a float image "
+            "without readable values (NaN)"
+        ]
+    levels = np.bincount(np.rint(np.clip(values, 0, 1) * 255).astype(np.int64), minlength=256)
+    flat = levels.max() / values.size
+    if flat > MAX_FLAT_SHARE:
+        return [
+            f"{flat:.0%} of the image is one flat value, as in a document, a drawing or a screenshot, not a "
+            "radiograph"
+        ]
+    return []
 
 
 def _dicom_reasons(xray: XRay) -> list[str]:
