@@ -50,6 +50,7 @@ __all__ = [
     "crop_lungs",
     "describe_ops",
     "equalize",
+    "find_lungs",
     "gamma",
     "invert",
     "lung_box",
@@ -613,17 +614,35 @@ def lung_box(image: np.ndarray, margin: float = 0.05) -> Box:
     PreprocessWarning and returns `body_box(image)`; the box is never empty.
     """
     image = _as_image(image)
+    lungs, body, reason = _lungs_and_body(image)
+    if lungs is None:
+        _warn(f"could not find two plausible lungs ({reason}); fell back to the body crop")
+        return body
+    return lungs.expanded(margin, image.shape).within(body)
+
+
+def find_lungs(image: np.ndarray) -> tuple[Box | None, str]:
+    """The box around both lung fields as `lung_box` finds it (no margin), or None and the reason none is.
+
+    Unlike `lung_box` it neither falls back nor warns: for callers that measure against the lungs (e.g. how
+    much of a heatmap lies on them) and must know when there are none.
+    """
+    token = _warning_sink.set([])  # the body search's fallback note is not this caller's concern
+    try:
+        image = _as_image(image)
+        lungs, body, reason = _lungs_and_body(image)
+    finally:
+        _warning_sink.reset(token)
+    return (lungs.within(body) if lungs is not None else None), reason
+
+
+def _lungs_and_body(image: np.ndarray) -> tuple[Box | None, Box, str]:
+    """The lung box (None if implausible), the body box, both at full size, and why no lungs were found."""
     small, sy, sx = _analysis_copy(image)
     mask, body = _small_body(small)
     lungs, reason = _find_lungs(small, mask, body)
-    if lungs is None:
-        _warn(f"could not find two plausible lungs ({reason}); fell back to the body crop")
-        return body.scaled(sy, sx, image.shape)
-    return (
-        lungs.scaled(sy, sx, image.shape)
-        .expanded(margin, image.shape)
-        .within(body.scaled(sy, sx, image.shape))
-    )
+    full_body = body.scaled(sy, sx, image.shape)
+    return (lungs.scaled(sy, sx, image.shape) if lungs is not None else None), full_body, reason
 
 
 def crop_lungs(image: np.ndarray, margin: float = 0.05) -> np.ndarray:

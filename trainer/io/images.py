@@ -80,6 +80,7 @@ def read_image(data: bytes, name: str, label: str, max_pixels: int, max_side: in
         window=window,
         warnings=tuple(found),
         header={},
+        chroma=_chroma(image),
     )
 
 
@@ -128,6 +129,16 @@ def _pil_pixels(
     # RGB, RGBA, P, PA, CMYK, YCbCr, ...: converting to RGB drops any alpha channel.
     rgb = fit_within(np.asarray(image.convert("RGB")), max_side)
     return _gray_from_rgb(rgb, mode, found) / 255.0, 8, None
+
+
+def _chroma(image: Image.Image, samples: int = 65536) -> float:
+    """Mean (max - min) over R, G, B in [0, 1], on an evenly spaced subsample; 0 for grayscale modes."""
+    if image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;16"):
+        return 0.0
+    width, height = image.size
+    step = max(1, round((width * height / samples) ** 0.5))
+    rgb = np.asarray(image.convert("RGB"))[::step, ::step].astype(np.int16)
+    return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean() / 255.0)
 
 
 def _gray_from_rgb(rgb: np.ndarray, mode: str, found: list[str]) -> np.ndarray:

@@ -39,6 +39,8 @@ class XRay:
         warnings: lossy or notable conversions made while reading.
         header: a safe DICOM summary (modality, view position, size, ...) without patient identifiers;
             {} for other formats.
+        chroma: how colourful the source was, the mean over pixels of (max - min of R, G, B) in [0, 1]; 0 for
+            grayscale sources and DICOM (whose colour shows in `photometric`).
     """
 
     pixels: np.ndarray
@@ -49,6 +51,7 @@ class XRay:
     window: str | None
     warnings: tuple[str, ...]
     header: dict[str, str]
+    chroma: float = 0.0
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
