@@ -42,6 +42,7 @@ from trainer import ood  # noqa: E402
 from trainer.export import ModelInfo  # noqa: E402
 from trainer.inference import InputTransform  # noqa: E402
 from trainer.io import XRay, XRayReadError, XRayWarning, load_xray  # noqa: E402
+from trainer.task import Task  # noqa: E402
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "rotated 90°": lambda p: np.ascontiguousarray(np.rot90(p)),
@@ -113,9 +114,9 @@ def features_of(
     return np.concatenate(features), np.concatenate(logits)
 
 
-def energy(logits: np.ndarray, task: str) -> np.ndarray:
+def energy(logits: np.ndarray, task: Task) -> np.ndarray:
     """The energy score, higher = less like the training data: -logsumexp (a sigmoid output: over {z, 0})."""
-    if task == "multiclass":
+    if task.exclusive:
         return -logsumexp(logits, axis=1)
     return -np.logaddexp(0.0, logits).sum(axis=1)
 

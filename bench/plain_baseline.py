@@ -29,10 +29,10 @@ NORMALISATION = {"imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), "mo
 
 class CsvImages(Dataset):
     def __init__(
-        self, frame: pd.DataFrame, root: Path, labels: list[str], task: str, train: bool, norm: str
+        self, frame: pd.DataFrame, root: Path, labels: list[str], softmax: bool, train: bool, norm: str
     ) -> None:
         self.paths = [root / p for p in frame["path"]]
-        if task == "multiclass":  # one "label" column holding class names -> one-hot
+        if softmax:  # one "label" column holding class names -> one-hot
             self.targets = (frame["label"].to_numpy()[:, None] == np.array(labels)[None]).astype(np.float32)
         else:
             self.targets = frame[labels].to_numpy(dtype=np.float32)
@@ -56,19 +56,19 @@ class CsvImages(Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), self.targets[i]
 
 
-def outputs(model, loader, task):
+def outputs(model, loader, softmax):
     model.eval()
     probs, targets = [], []
     with torch.no_grad():
         for x, y in loader:
             logits = model(x)
-            probs.append(logits.softmax(-1) if task == "multiclass" else logits.sigmoid())
+            probs.append(logits.softmax(-1) if softmax else logits.sigmoid())
             targets.append(y)
     return torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
 
-def loss_fn(logits, y, task):
-    if task == "multiclass":
+def loss_fn(logits, y, softmax):
+    if softmax:
         return torch.nn.functional.cross_entropy(logits, y.argmax(-1))
     known = ~torch.isnan(y)
     losses = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -100,12 +100,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--normalisation", choices=tuple(NORMALISATION), default="imagenet")
     args = parser.parse_args()
+    # The one difference between the tasks here; a name, not trainer.task.Task: no chexlab imports (above).
+    softmax = args.task == "multiclass"
     torch.manual_seed(0)
     frame = pd.read_csv(args.split)
     parts = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
     loaders = {
         s: DataLoader(
-            CsvImages(f, Path(args.root), args.labels, args.task, s == "train", args.normalisation),
+            CsvImages(f, Path(args.root), args.labels, softmax, s == "train", args.normalisation),
             batch_size=32,
             shuffle=s == "train",
             num_workers=2,
@@ -130,17 +132,17 @@ def main() -> None:
             model.train()
             for x, y in loaders["train"]:
                 optimizer.zero_grad()
-                loss_fn(model(x), y, args.task).backward()
+                loss_fn(model(x), y, softmax).backward()
                 optimizer.step()
             epoch_seconds.append(time.perf_counter() - start)
-            auc = val_auc(*outputs(model, loaders["val"], args.task))
+            auc = val_auc(*outputs(model, loaders["val"], softmax))
             if auc > best:
                 best, best_state = auc, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split in ("val", "test"):
-        probs, _ = outputs(model, loaders[split], args.task)
+        probs, _ = outputs(model, loaders[split], softmax)
         pd.DataFrame(probs, columns=args.labels).assign(path=parts[split]["path"].values).to_csv(
             out / f"{split}.csv", index=False
         )

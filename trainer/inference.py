@@ -89,29 +89,3 @@ def predict_tensors(model: nn.Module, tensors: torch.Tensor, task: Task | str) -
     """Probabilities for a batch (N, 3, S, S): (N,) for binary, (N, C) otherwise."""
     model.eval()
     return Task.parse(task).probabilities(model(tensors).float()).cpu().numpy()
-
-
-# Kept for demo/predictor.py until it calls the `Task` methods these delegate to.
-
-
-def output_names(task: Task | str, label_names: list[str], negative_name: str | None) -> list[str]:
-    """The class names a user sees (`Task.output_names`)."""
-    return Task.parse(task).output_names(label_names, negative_name)
-
-
-def class_probabilities(
-    probs: np.ndarray, task: Task | str, label_names: list[str], negative_name: str | None
-) -> dict[str, float]:
-    """One image's probabilities by name (`Task.class_probabilities`)."""
-    return Task.parse(task).class_probabilities(probs, label_names, negative_name)
-
-
-def decide(
-    probs: np.ndarray,
-    task: Task | str,
-    label_names: list[str],
-    thresholds: list[float],
-    negative_name: str | None,
-) -> list[str]:
-    """The labels a model asserts for one image at its thresholds (`Task.decide`)."""
-    return Task.parse(task).decide(probs, label_names, thresholds, negative_name)

@@ -30,9 +30,8 @@ from trainer.errors import ChexlabError
 from trainer.image_sources import FileImages, ImageSource
 from trainer.task import Task
 
-__all__ = ["TASKS", "DataError", "LabelTable", "derive_binary", "select_findings"]
+__all__ = ["DataError", "LabelTable", "derive_binary", "select_findings"]
 
-TASKS = tuple(Task)  # the task names; kept for the modules that have not moved to `Task` yet
 MAX_LISTED_PROBLEMS = 50
 
 
