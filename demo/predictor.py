@@ -33,10 +33,11 @@ from demo.cam import CAM_METHODS, SLOW_METHODS, explain, overlay, prepare_for_ca
 from demo.catalog import MODELS_DIR, ModelCatalog, ModelChoice
 from trainer.errors import ChexlabError
 from trainer.export import ModelInfo, ModelLoadError, load_model
-from trainer.inference import InputTransform
+from trainer.inference import InputTransform, judge
 from trainer.io import MAX_PIXELS, XRay, XRayReadError, load_xray
 from trainer.labels import DataError
 from trainer.model_source import ModelSource, ModelSourceError, SourceKind
+from trainer.ood import Verdict, captured_features
 from trainer.preprocess import Pipeline, PreprocessError
 from trainer.task import Task
 
@@ -202,7 +203,7 @@ class Prediction:
 
     model: str
     probabilities: dict[str, float]  # class name -> probability (binary: positive and negative)
-    decided: list[str]  # the classes asserted at the model's thresholds
+    decided: list[str]  # the classes asserted at the model's thresholds; empty when withheld (flagged)
     decision: str  # the decision in plain words (Markdown)
     target: str  # the class the heatmap explains
     method: str  # the CAM method
@@ -215,9 +216,15 @@ class Prediction:
     pipeline: Pipeline  # the preprocessing that ran
     model_pipeline: Pipeline  # the preprocessing the model was trained with
     warnings: tuple[str, ...]
+    verdict: Verdict  # the OOD gate's: a flagged image gets no decision
     image_info: dict[str, str]  # format, size, bit depth, photometric, display window
     header: dict[str, str]  # the DICOM header summary ({} for other formats); never identifiers
     seconds: float  # server-side time for read + preprocess + forward + CAM
+
+    @property
+    def withheld(self) -> bool:
+        """Whether the decision is withheld: the image does not look like what the model was trained on."""
+        return self.verdict.flagged
 
     @property
     def custom_preprocessing(self) -> bool:
@@ -426,14 +433,16 @@ class Predictor:
         started = time.perf_counter()
         xray = self._read(data, file_key, source)
         shown = transform.display(xray.pixels, max(transform.spec.size, DISPLAY_SIDE))
-        explanation = explain(
-            loaded.model, shown.seen.tensor.to(self.device), task=loaded.task, target_index=target_index,
-            method=method,
-        )  # fmt: skip
-        info, task, probs = loaded.info, loaded.task, explanation.probabilities
-        decided = task.decide(probs, info.label_names, info.thresholds, info.negative_name)
+        with captured_features(loaded.model) as features:
+            explanation = explain(
+                loaded.model, shown.seen.tensor.to(self.device), task=loaded.task, target_index=target_index,
+                method=method,
+            )  # fmt: skip
+        info, task = loaded.info, loaded.task
+        judged = judge(info, explanation.probabilities, xray, features[0] if features else None)
+        probs, decided = judged.probabilities, judged.decided
         explained = task.class_name(loaded.outputs, explanation.target_index)
-        notes = [*xray.warnings, *shown.seen.warnings]
+        notes = [*xray.warnings, *shown.seen.warnings, *info.notes]
         if transform.pipeline != info.pipeline:
             notes.append(
                 f"This model was trained with the preprocessing '{describe_pipeline(info.pipeline)}', but "
@@ -450,7 +459,7 @@ class Predictor:
             model=loaded.name,
             probabilities=task.class_probabilities(probs, info.label_names, info.negative_name),
             decided=decided,
-            decision=_decision_text(loaded, probs, decided),
+            decision=_decision_text(loaded, probs, decided, judged.verdict),
             target=explained,
             method=method,
             heatmap=explanation.heatmap,
@@ -462,6 +471,7 @@ class Predictor:
             pipeline=transform.pipeline,
             model_pipeline=info.pipeline,
             warnings=tuple(dict.fromkeys(notes)),
+            verdict=judged.verdict,
             image_info=_image_info(xray),
             header=dict(xray.header),
             seconds=time.perf_counter() - started,
@@ -508,8 +518,13 @@ def _image_info(xray: XRay) -> dict[str, str]:
     return info
 
 
-def _decision_text(loaded: LoadedModel, probs: np.ndarray, decided: list[str]) -> str:
-    """The decision in plain words, with the numbers and the thresholds behind it."""
+def _decision_text(loaded: LoadedModel, probs: np.ndarray, decided: list[str], verdict: Verdict) -> str:
+    """The decision in plain words, with the numbers and the thresholds behind it (or why it is withheld)."""
+    if verdict.flagged:
+        return (
+            f"**No decision: {verdict.warning}.** The model can only judge images like the chest "
+            "radiographs it was trained on; its probabilities for this image are not meaningful."
+        )
     info, flat = loaded.info, np.asarray(probs, dtype=np.float64).reshape(-1)
     if loaded.task.single_logit:
         positive = loaded.outputs[0]

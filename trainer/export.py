@@ -18,16 +18,19 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from timm.models import save_for_hf
 from torch import nn
 
 from trainer import __version__
+from trainer.calibration import CONFIG_KEY as CALIBRATION_KEY
+from trainer.calibration import Calibration, CalibrationError, read_calibration
 from trainer.errors import ChexlabError
 from trainer.model_source import (
     CONFIG_NAME,
@@ -35,9 +38,12 @@ from trainer.model_source import (
     ModelSource,
     ModelSourceError,
     SourceKind,
+    optional_model_file,
     read_model_folder,
 )
 from trainer.modeling import HeadConfig, head_config, model_data_config, model_from_folder, saved_label_names
+from trainer.ood import CONFIG_KEY as OOD_KEY
+from trainer.ood import NO_STATISTICS_NOTE, OOD_FILE, FeatureStatistics, OODError, load_statistics
 from trainer.preprocess import Pipeline, PreprocessError
 from trainer.task import Task
 
@@ -72,6 +78,22 @@ class ModelInfo:
     training_data: dict[str, Any] = field(default_factory=dict)  # dataset summary (name, sizes, label counts)
     chexlab_version: str | None = None  # the chexlab that saved it
     config: dict[str, Any] = field(default_factory=dict)  # the raw config.json
+    calibration: Calibration | None = None  # None only while building; load_model always sets one
+    ood: FeatureStatistics | None = None  # the OOD gate's statistics; None for a folder without them
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a user should know about this folder: no calibration, no OOD statistics."""
+        found = []
+        if self.calibration is not None and self.calibration.note:
+            found.append(self.calibration.note)
+        if self.ood is None:
+            found.append(NO_STATISTICS_NOTE)
+        return tuple(found)
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """The stored calibration applied to raw probabilities ((N,) binary, else (N, C))."""
+        return probs if self.calibration is None else self.calibration.apply(probs, self.task)
 
 
 def _input_size(size: int | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
@@ -99,6 +121,8 @@ def save_pretrained(
     metrics_summary: dict[str, Any] | None = None,
     data_summary: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    calibration: Calibration | None = None,
+    ood: FeatureStatistics | None = None,
 ) -> Path:
     """Write a model folder in timm's Hub layout: config.json (with a `chexlab` block) and model.safetensors.
 
@@ -115,6 +139,8 @@ def save_pretrained(
         metrics_summary: headline metrics per split, e.g. {"val": {...}, "test": {...}}.
         data_summary: the training data summary (dataset name, images per split, label counts).
         dtype: torch.float16 halves the file (floating tensors only); loading restores float32.
+        calibration: the fitted calibration (stored in the chexlab block); None or an identity stores none.
+        ood: the OOD gate's statistics (stored as ood.safetensors, its threshold in the chexlab block).
 
     Returns:
         The model folder.
@@ -157,8 +183,12 @@ def save_pretrained(
         "weights_dtype": str(dtype).removeprefix("torch."),
         "chexlab_version": __version__,
     }
+    if calibration is not None and calibration.calibrated:
+        chexlab_block[CALIBRATION_KEY] = calibration.to_dict()
+    if ood is not None:
+        chexlab_block[OOD_KEY] = ood.config_entry()
     weights = _weights(model, dtype) if dtype != torch.float32 else None
-    write_model_folder(model, out_dir, label_names, chexlab_block, data_config, weights=weights)
+    write_model_folder(model, out_dir, label_names, chexlab_block, data_config, weights=weights, ood=ood)
     log.info("saved a %s %s model (%s weights) to %s", task, model.pretrained_cfg.get("architecture"),
              chexlab_block["weights_dtype"], out_dir)  # fmt: skip
     return out_dir
@@ -172,8 +202,10 @@ def write_model_folder(
     data_config: dict[str, Any],
     *,
     weights: dict[str, torch.Tensor] | None = None,
+    ood: FeatureStatistics | None = None,
 ) -> None:
-    """config.json (timm's keys, `label_names`, the `chexlab` block) and model.safetensors into `out_dir`.
+    """config.json (timm's keys, `label_names`, the `chexlab` block), model.safetensors and, with OOD
+    statistics, ood.safetensors into `out_dir`; a stale ood.safetensors of an earlier export is removed.
 
     Args:
         weights: the tensors to store instead of the model's own (e.g. cast to float16).
@@ -196,7 +228,13 @@ def write_model_folder(
         )
         if weights is not None:
             save_file(weights, str(Path(tmp) / WEIGHTS_NAME), metadata={"format": "pt"})
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
+        names = [WEIGHTS_NAME, CONFIG_NAME]
+        if ood is not None:
+            ood.save(tmp)
+            names.insert(0, OOD_FILE)
+        else:
+            (out_dir / OOD_FILE).unlink(missing_ok=True)
+        for name in names:
             # safetensors writes owner-only files; a model folder is meant to be shared and served.
             os.chmod(Path(tmp) / name, 0o644)
             os.replace(Path(tmp) / name, out_dir / name)
@@ -260,6 +298,15 @@ def load_model(
         model = model_from_folder(config, state_dict)
     except (KeyError, TypeError, ValueError, PreprocessError) as err:
         raise ModelLoadError(f"{source} has an invalid chexlab config.json: {err}") from err
+    try:
+        ood_file = optional_model_file(source, OOD_FILE)
+        info = replace(
+            info,
+            calibration=read_calibration(block, info.task, int(config["num_classes"])),
+            ood=load_statistics(ood_file.parent if ood_file is not None else None, block),
+        )
+    except (ModelSourceError, CalibrationError, OODError) as err:
+        raise ModelLoadError(f"{source}: {err}") from err
     model.float().eval().to(device)
     log.info("loaded %s: %s %s model, labels %s", source, info.arch, info.task, info.label_names)
     return model, info
@@ -321,6 +368,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: torch.dtype =
         metrics_summary=block.get("metrics"),
         data_summary=block.get("training_data"),
         dtype=dtype,
+        calibration=info.calibration,
+        ood=info.ood,
     )
     write_card(run_dir, out)
     return out

@@ -4,6 +4,10 @@
 then the letterbox and normalisation of its data config. The training Dataset, `python -m trainer predict`,
 `evaluate`, the Gradio demo and the Streamlit page all use it, so an image reaches the model exactly as it did
 in training; it also gives the demo's display images (the radiograph before and after preprocessing).
+
+`judge` is what every path does with a model's output for one image: the stored calibration applied, the
+OOD gate's verdict (`trainer.ood.assess`), and the decision at the thresholds, withheld when the image is
+flagged. Thresholds are chosen on calibrated probabilities, so they apply to these.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.io import XRay
+from trainer.ood import Verdict, assess
 from trainer.preprocess import Pipeline
 from trainer.task import Task
 from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
@@ -89,3 +95,41 @@ def predict_tensors(model: nn.Module, tensors: torch.Tensor, task: Task | str) -
     """Probabilities for a batch (N, 3, S, S): (N,) for binary, (N, C) otherwise."""
     model.eval()
     return Task.parse(task).probabilities(model(tensors).float()).cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
+class Judged:
+    """A model's answer for one image, as every inference path reports it.
+
+    Attributes:
+        probabilities: calibrated; binary: a 0-d array, P(positive); otherwise (C,).
+        decided: the classes asserted at the model's thresholds; empty when the decision is withheld.
+        verdict: the OOD gate's verdict (flagged images get no decision).
+    """
+
+    probabilities: np.ndarray
+    decided: list[str]
+    verdict: Verdict
+
+    @property
+    def withheld(self) -> bool:
+        return self.verdict.flagged
+
+
+def judge(info: ModelInfo, raw: np.ndarray, xray: XRay, features: np.ndarray | torch.Tensor | None) -> Judged:
+    """Calibrate one image's raw probabilities, run the OOD gate and decide (see the module docstring).
+
+    Args:
+        info: the model's info (its calibration, OOD statistics, thresholds).
+        raw: the model's probabilities for this image, as `predict_tensors` gives them (one row).
+        xray: the image as read (for the image-level checks).
+        features: its pooled features (`trainer.ood.features_and_logits`), None to skip the feature score.
+    """
+    probs = info.calibrated(np.asarray(raw, dtype=np.float64)[None])[0]
+    verdict = assess(xray, features, info.ood)
+    decided = (
+        []
+        if verdict.flagged
+        else info.task.decide(probs, info.label_names, info.thresholds, info.negative_name)
+    )
+    return Judged(probs, decided, verdict)

@@ -265,6 +265,25 @@ def read_model_folder(source: ModelSource | str) -> tuple[dict[str, Any], dict[s
     return config, state_dict
 
 
+def optional_model_file(source: ModelSource | str, filename: str) -> Path | None:
+    """A file a saved model may carry beside its weights (e.g. `ood.safetensors`), or None when it has none.
+
+    Raises:
+        ModelSourceError: the folder or repository cannot be had, or the Hub cannot be reached.
+    """
+    if isinstance(source, str):
+        source = ModelSource.parse(source)
+    if source.kind is SourceKind.LOCAL:
+        path = _local_files(source)[0].parent / filename
+        return path if path.is_file() else None
+    try:
+        return _hub_download(source, filename)
+    except ModelSourceError as err:
+        if isinstance(err.__cause__, EntryNotFoundError):
+            return None
+        raise
+
+
 def _local_files(source: ModelSource) -> tuple[Path, Path]:
     folder = source.path
     if not folder.is_dir():

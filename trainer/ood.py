@@ -38,7 +38,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,25 @@ def features_and_logits(model: nn.Module, tensors: torch.Tensor) -> tuple[torch.
     return model.forward_head(maps, pre_logits=True).float(), model.forward_head(maps).float()
 
 
+@contextmanager
+def captured_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the pooled features of every forward pass of `model` while the block runs.
+
+    A forward hook on timm's classifier layer (`get_classifier()`) records its input: in eval mode that is
+    exactly `features_and_logits`' features, so any forward (a CAM method's included) also yields them.
+    """
+    seen: list[torch.Tensor] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        seen.append(args[0].detach().float().reshape(args[0].shape[0], -1))
+
+    handle = model.get_classifier().register_forward_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 # ------------------------------------------------------------------------------------------ statistics
 
 
@@ -319,28 +339,30 @@ def unit_length(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
-def load_statistics(folder: str | os.PathLike, chexlab: Mapping[str, Any]) -> FeatureStatistics | None:
+def load_statistics(folder: str | os.PathLike | None, chexlab: Mapping[str, Any]) -> FeatureStatistics | None:
     """The OOD statistics of a model folder, or None when it has none (an older folder).
 
     Args:
-        folder: the model folder (holding `ood.safetensors`).
+        folder: the model folder (holding `ood.safetensors`); None when the folder has no such file (e.g. a
+            Hub repository without one).
         chexlab: its config.json's `chexlab` block (holding the `ood` entry).
 
     Raises:
         OODError: an `ood` entry without its file (or the reverse), an unknown score, or a malformed file.
     """
     entry = chexlab.get(CONFIG_KEY)
-    path = Path(folder) / (entry.get("file", OOD_FILE) if isinstance(entry, Mapping) else OOD_FILE)
+    name = entry.get("file", OOD_FILE) if isinstance(entry, Mapping) else OOD_FILE
+    path = Path(folder) / name if folder is not None else None
     if entry is None:
-        if path.is_file():
+        if path is not None and path.is_file():
             raise OODError(
                 f"{path} is there but config.json has no chexlab.{CONFIG_KEY} entry (its threshold)"
             )
         return None
     if not isinstance(entry, Mapping) or entry.get("score") != SCORE:
         raise OODError(f"config.json's chexlab.{CONFIG_KEY} must name the score {SCORE!r}; got {entry!r}")
-    if not path.is_file():
-        raise OODError(f"config.json has an OOD threshold but {path} is missing: copy it with the weights")
+    if path is None or not path.is_file():
+        raise OODError(f"config.json has an OOD threshold but {name} is missing: copy it with the weights")
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
