@@ -178,8 +178,21 @@ def features_and_logits(model: nn.Module, tensors: torch.Tensor) -> tuple[torch.
     and dense_bn heads) receives. The model is put in eval mode.
     """
     model.eval()
+    features, logits = pooled_features_and_logits(model, tensors)
+    return features.float(), logits.float()
+
+
+def pooled_features_and_logits(model: nn.Module, tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`features_and_logits` without its mode and gradient settings, for graphs that are traced (ONNX)."""
     maps = model.forward_features(tensors)
-    return model.forward_head(maps, pre_logits=True).float(), model.forward_head(maps).float()
+    return model.forward_head(maps, pre_logits=True), model.forward_head(maps)
+
+
+def has_pooled_features(model: nn.Module) -> bool:
+    """Whether `model` is a timm-style classifier whose pooled features `features_and_logits` can read."""
+    return callable(getattr(model, "forward_features", None)) and callable(
+        getattr(model, "forward_head", None)
+    )
 
 
 @contextmanager
