@@ -6,8 +6,7 @@ against PyTorch on a fixed probe batch. It falls back to PyTorch, with a note sa
 not installed, the export fails, or the outputs differ. For a timm classifier the exported graph has two
 outputs, the pooled penultimate features (`trainer.ood.features_and_logits`, what the OOD gate scores) and
 the logits, from one pass; `ForwardRunner.run` returns both, calling the runner returns the logits. On a
-2-core CPU ONNX Runtime ran the embedded models'
-forward about 2.8x faster than eager PyTorch (issue 16).
+2-core CPU ONNX Runtime ran the embedded models' forward about 2.8x faster than eager PyTorch (issue 16).
 
 The cache lives in `$CHEXLAB_CACHE/onnx` (default `$XDG_CACHE_HOME/chexlab/onnx`, i.e. ~/.cache/chexlab/onnx).
 Files are written to a temporary name and renamed into place, under a per-model lock file, so concurrent
