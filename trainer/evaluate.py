@@ -188,7 +188,14 @@ def evaluate_source(
     else:
         report["ood"] = {"note": NO_STATISTICS_NOTE}
     if scored.data.subgroup_columns:
-        report["subgroups"] = evaluate_subgroups(scored.data, info, part, probs, n_bootstrap=n_bootstrap)
+        report["subgroups"] = evaluate_subgroups(
+            scored.data,
+            part,
+            probs,
+            info.thresholds,
+            negative_name=info.negative_name,
+            n_bootstrap=n_bootstrap,
+        )
     write_json(out / "metrics.json", report)
     plot_roc(
         info.task,

@@ -23,6 +23,7 @@ from trainer.integrity import write_checksums
 from trainer.metrics import choose_thresholds, evaluate_predictions
 from trainer.ood import fit_statistics
 from trainer.plots import plot_confusion, plot_roc, plot_training_curves
+from trainer.subgroups import evaluate_subgroups
 from trainer.trust import RELIABILITY_PNG, ood_section, summary_lines, with_split_metrics, write_reliability
 
 if TYPE_CHECKING:
@@ -127,6 +128,16 @@ def finish_run(
         split: evaluate_split(cfg, data, split, pred, thresholds) for split, pred in predictions.items()
     }
     metrics["calibration"] = calibration.to_dict()
+    if cfg.data.subgroup_columns:  # the test split, per group of each metadata column
+        test = predictions["test"]
+        metrics["subgroups"] = evaluate_subgroups(
+            cfg.data,
+            data.table.subset(test.indices),
+            test.probs,
+            thresholds,
+            negative_name=data.negative_name,
+            n_bootstrap=cfg.eval.n_bootstrap,
+        )
     ood = None
     if train_features is not None and val.features is not None and predictions["test"].features is not None:
         ood = fit_statistics(train_features, val.features)
