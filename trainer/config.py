@@ -75,7 +75,7 @@ class DataConfig:
     num_workers: int = 2
     cache_dir: str | None = None  # on-disk cache of preprocessed images; None = no cache
     name: str | None = None  # dataset name for the model card (defaults to the root folder name)
-    subgroup_columns: list[str] | None = None  # `evaluate` reports metrics per group, e.g. [sex, age, view]
+    subgroup_columns: list[str] | None = None  # fit (test split), evaluate: metrics per group, e.g. [sex]
     metadata: str | None = None  # CSV holding those columns, keyed by path (relative to root); None = labels
 
 

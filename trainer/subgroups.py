@@ -33,7 +33,6 @@ from trainer.task import Task
 
 if TYPE_CHECKING:
     from trainer.config import DataConfig
-    from trainer.export import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +225,17 @@ def read_subgroup_columns(
 
 
 def evaluate_subgroups(
-    cfg: DataConfig, info: ModelInfo, table: LabelTable, probs: np.ndarray, *, n_bootstrap: int = 1000
+    cfg: DataConfig,
+    table: LabelTable,
+    probs: np.ndarray,
+    thresholds: Sequence[float] | None,
+    *,
+    negative_name: str | None = None,
+    n_bootstrap: int = 1000,
 ) -> dict[str, Any]:
-    """`evaluate`'s subgroup section: `subgroup_metrics` over `cfg.subgroup_columns`, read from
-    `cfg.metadata` (relative to `cfg.root`; default the labels CSV), for the scored images of `table`.
+    """`evaluate`'s and `fit`'s subgroup section: `subgroup_metrics` over `cfg.subgroup_columns`, read from
+    `cfg.metadata` (relative to `cfg.root`; default the labels CSV), for the scored images of `table` (its
+    labels in the model's output order) at the model's `thresholds`.
 
     Raises:
         DataError: no CSV to read the columns from, or a column it lacks.
@@ -240,14 +246,14 @@ def evaluate_subgroups(
     csv_path = Path(name) if Path(name).is_absolute() else Path(cfg.root) / name
     columns = read_subgroup_columns(table, csv_path, cfg.subgroup_columns or [], path_column=cfg.path_column)
     result = subgroup_metrics(
-        info.task,
-        info.label_names,
+        table.task,
+        table.label_names,
         table.targets,
         probs,
         table.patient_ids,
-        info.thresholds,
+        thresholds,
         columns,
-        negative_name=info.negative_name or "normal",
+        negative_name=negative_name or "normal",
         n_bootstrap=n_bootstrap,
     )
     return {"metadata": str(csv_path), **result}
