@@ -136,3 +136,15 @@ def test_serving_a_prediction_imports_no_heavy_library(model_dir: Path, files: d
     serving, app = (set(json.loads(line)) for line in run.stdout.strip().splitlines()[-2:])
     assert "torch" in serving and not serving & set(HEAVY)
     assert "gradio" in app and not app & (set(HEAVY) - {"pandas"})  # Gradio imports pandas itself
+
+
+def test_the_http_benchmark_never_sends_a_cached_image(tmp_path: Path) -> None:
+    from bench.speed import test_image, variants
+
+    image = test_image(tmp_path)
+    copies = variants(image, 3)
+    original = np.asarray(Image.open(image))
+    pixels = [np.asarray(Image.open(path)) for path in copies]
+    assert len({path.read_bytes() for path in copies}) == 3
+    for copy in pixels:
+        assert copy.dtype == original.dtype and np.count_nonzero(copy != original) == 1
