@@ -170,6 +170,8 @@ def variants(image: Path, count: int) -> list[Path]:
     import cv2
 
     pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise FileNotFoundError(f"cannot read {image}")
     paths = []
     for i in range(count):
         copy = pixels.copy()

@@ -23,7 +23,7 @@ from trainer.preprocess import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not needed to serve a Grad-CAM prediction (issue 16): each costs start-up time and idle memory.
-HEAVY = ("matplotlib", "scipy", "pandas", "sklearn", "pytorch_grad_cam")
+HEAVY = ("matplotlib", "scipy", "pandas", "sklearn", "pytorch_grad_cam", "captum")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,8 @@ def test_encoding_refuses_what_it_cannot_show() -> None:
 
 def test_serving_a_prediction_imports_no_heavy_library(model_dir: Path, files: dict[str, Path]) -> None:
     # A fresh interpreter: the engine loads the model and makes one Grad-CAM prediction (calibration and OOD
-    # included); then the whole app's modules (the compare page included) are imported.
+    # included); then the whole app's modules (the compare page, and the views imported only where used:
+    # heatmap checks, histograms, attributions, activation grids) are imported.
     listing = "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     code = (
         "import json, sys\n"
@@ -130,6 +131,7 @@ def test_serving_a_prediction_imports_no_heavy_library(model_dir: Path, files: d
         f"Predictor({{'tiny': {str(model_dir)!r}}}).predict({str(files['png16'])!r})\n"
         f"{listing}\n"
         "import demo.gradio_ui, demo.gradio_handlers, demo.encoding, trainer.allocator\n"
+        "import demo.heatmap_checks, demo.histograms, demo.attributions, demo.activations\n"
         f"{listing}\n"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
