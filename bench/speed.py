@@ -3,14 +3,17 @@
     python bench/speed.py                    # every part, the default sizes; writes docs/benchmarks.md
     python bench/speed.py --quick            # a smoke run at small scale (numbers not worth keeping)
     python bench/speed.py --parts model-step batch-predict --images 745
-    python bench/speed.py --parts http --http-url http://127.0.0.1:7860   # a running app's /predict
+    python bench/speed.py --parts http responses   # starts `python app.py` on a free loopback port
 
 Parts (each a row of the table, with its goal):
     model-step      the demo's model step (forward + Grad-CAM map, `demo.cam.explain`) vs the bare eager
                     forward alone; also pytorch-grad-cam's GradCAM (the previous implementation)
     server-predict  `Predictor.predict` (read, preprocess, forward, map, display images) vs a bare script
                     doing the same read, CLAHE, letterbox and forward without any map
-    http            a /predict round trip through gradio_client vs the same prediction server side
+    http            a /predict round trip through gradio_client vs the same work server side (the handler:
+                    prediction + the returned images encoded and written), each run on a new image
+    responses       the images a /predict response shows (overlay, before, after): bytes and encoding time
+                    in the demo's display format (demo/encoding.py) vs Pillow's default PNG (before)
     batch-predict   `trainer.batch_inference` (workers + ForwardRunner) and today's `predict_to_csv` vs a
                     bare eager loop doing the same decode, preprocessing and forward
     training        `trainer.engine.train_one_epoch` (chexlab's model defaults, Accelerate) vs a bare loop
@@ -26,6 +29,7 @@ quiet machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import platform
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +55,21 @@ from trainer.allocator import tune_allocator  # noqa: E402
 SECTION = "speed"
 MODEL = ROOT / "demo" / "models" / "nih-binary"
 NIH_IMAGES = ROOT.parent / "shared" / "data" / "nih_cxr14_subset" / "images"
-PARTS = ("model-step", "server-predict", "http", "batch-predict", "training", "cold-start", "idle-rss")
+PARTS = (
+    "model-step",
+    "server-predict",
+    "http",
+    "responses",
+    "batch-predict",
+    "training",
+    "cold-start",
+    "idle-rss",
+)
 GOALS = {
     "model-step": "<= 1.2x (moonshot 1.05x)",
     "server-predict": "<= 1.3x (moonshot 1.1x)",
     "http": "<= 1.5x",
+    "responses": "lighter (< 1)",
     "batch-predict": ">= 2x faster",
     "training": ">= 1.0x as fast",
     "cold-start": "<= 4 s",
@@ -151,32 +165,76 @@ def server_predict(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
     return [("server-predict", what, t["server"] / t["bare"], f"bare {t['bare'] * 1e3:.0f} ms")]
 
 
+def variants(image: Path, count: int) -> list[Path]:
+    """`count` copies of `image` that differ in one pixel: distinct files, so that no cache answers a run."""
+    import cv2
+
+    pixels = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise FileNotFoundError(f"cannot read {image}")
+    paths = []
+    for i in range(count):
+        copy = pixels.copy()
+        copy.flat[i] = copy.flat[i] ^ 1
+        paths.append(image.with_name(f"{image.stem}-{i}.png"))
+        cv2.imwrite(str(paths[-1]), copy)
+    return paths
+
+
 def http(runs: int, image: Path, url: str | None) -> list[tuple[str, str, float, str]]:
-    """A /predict round trip vs the same prediction server side (the app's /predict takes the file first)."""
-    if not url:
-        return [
-            ("http", "/predict round trip / server side", float("nan"), "needs --http-url of a running app")
-        ]
+    """A /predict round trip vs the same handler work server side, each run on an image no cache holds."""
     from gradio_client import Client, handle_file
 
+    from demo import gradio_handlers as handlers
     from demo.predictor import Predictor
 
-    client = Client(url, verbose=False)
+    files = iter(variants(image, 2 * (runs + 1)))
     predictor = Predictor({"nih-binary": f"local-dir:{MODEL}"}, cache_size=0)
     predictor.load("nih-binary")
-    t = interleaved(
-        runs,
-        server=lambda: predictor.predict(image),
-        http=lambda: client.predict(handle_file(str(image)), api_name="/predict"),
-    )
-    return [
-        (
-            "http",
-            "/predict round trip / server side",
-            t["http"] / t["server"],
-            f"server {t['server'] * 1e3:.0f} ms",
+    with tempfile.TemporaryDirectory() as downloads, _running_app(url) as address:
+        app = handlers.App(predictor, download_dir=Path(downloads))
+        client = Client(address, verbose=False, download_files=downloads)
+        t = interleaved(
+            runs,
+            server=lambda: handlers.predict(app, str(next(files)), "nih-binary"),
+            http=lambda: client.predict(handle_file(str(next(files))), api_name="/predict"),
         )
-    ]
+    note = f"server {t['server'] * 1e3:.0f} ms, round trip {t['http'] * 1e3:.0f} ms"
+    return [("http", "/predict round trip / the same handler server side", t["http"] / t["server"], note)]
+
+
+def responses(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
+    """What a /predict response shows, in the display format vs Pillow's default PNG (the format before)."""
+    import io
+
+    from PIL import Image
+
+    from demo.encoding import DISPLAY_FORMAT, display_bytes
+    from demo.predictor import Predictor, as_uint8
+
+    result = Predictor({"nih-binary": f"local-dir:{MODEL}"}).predict(image)
+    shown = [result.overlay, as_uint8(result.before), as_uint8(result.after)]
+
+    def png() -> list[bytes]:
+        encoded = []
+        for pixels in shown:
+            data = io.BytesIO()
+            Image.fromarray(pixels).save(data, format="PNG")
+            encoded.append(data.getvalue())
+        return encoded
+
+    def display() -> list[bytes]:
+        return [display_bytes(pixels) for pixels in shown]
+
+    t = interleaved(runs, png=png, display=display)
+    png_size, display_size = sum(map(len, png())), sum(map(len, display()))
+    what = f"{DISPLAY_FORMAT.upper()} / PNG"
+    return [
+        ("responses", f"shown bytes, {what}", display_size / png_size,
+         f"{display_size / 1024:.0f} KiB vs {png_size / 1024:.0f} KiB (overlay, before, after)"),
+        ("responses", f"encoding time, {what}", t["display"] / t["png"],
+         f"{t['display'] * 1e3:.1f} ms vs {t['png'] * 1e3:.1f} ms"),
+    ]  # fmt: skip
 
 
 def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
@@ -268,10 +326,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(command: list[str], deadline: float = 300.0) -> tuple[float, int]:
-    """(seconds to the first HTTP 200, idle RSS bytes 3 s later) of a server started by `command`."""
+@contextlib.contextmanager
+def _server(command: list[str], deadline: float = 300.0) -> Iterator[tuple[str, float, int]]:
+    """(address, seconds to the first HTTP 200, pid) of a server started by `command`, while it runs."""
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    address = f"http://127.0.0.1:{port}/"
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -279,20 +339,35 @@ def _serve(command: list[str], deadline: float = 300.0) -> tuple[float, int]:
     try:
         while True:
             if process.poll() is not None or time.perf_counter() - started > deadline:
-                raise RuntimeError(f"{command} did not serve http://127.0.0.1:{port}/")
+                raise RuntimeError(f"{command} did not serve {address}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                with urllib.request.urlopen(address, timeout=5) as response:
                     if response.status == 200:
                         break
             except OSError:
                 time.sleep(0.05)
-        ready = time.perf_counter() - started
-        time.sleep(3)
-        rss = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        return ready, rss
+        yield address, time.perf_counter() - started, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _running_app(url: str | None) -> Iterator[str]:
+    """The app at `url`, or `python app.py` started for the measurement."""
+    if url:
+        yield url
+        return
+    with _server([sys.executable, "app.py"]) as (address, _, _):
+        yield address
+
+
+def _serve(command: list[str]) -> tuple[float, int]:
+    """(seconds to the first HTTP 200, idle RSS bytes 3 s later) of a server started by `command`."""
+    with _server(command) as (_, ready, pid):
+        time.sleep(3)
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return ready, rss
 
 
 BARE_GRADIO = "import gradio as gr\nwith gr.Blocks() as demo:\n    gr.Markdown('bare')\ndemo.launch()\n"
@@ -360,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per candidate (after one warm-up)")
     parser.add_argument("--images", type=int, default=745, help="NIH images for batch-predict")
     parser.add_argument("--batches", type=int, default=8, help="training batches of 16 per epoch")
-    parser.add_argument("--http-url", help="a running app (python app.py) for the http part")
+    parser.add_argument("--http-url", help="a running app for the http part (default: start python app.py)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 runs, 24 images, 2 batches")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
@@ -374,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
             "model-step": lambda: model_step(args.runs, image),
             "server-predict": lambda: server_predict(args.runs, image),
             "http": lambda: http(args.runs, image, args.http_url),
+            "responses": lambda: responses(args.runs, image),
             "batch-predict": lambda: batch_predict(max(1, args.runs // 5), args.images),
             "training": lambda: training(max(1, args.runs // 5), args.batches),
             "cold-start": lambda: start_up(max(1, args.runs // 5)),
@@ -394,8 +470,9 @@ def main(argv: list[str] | None = None) -> None:
             "## Speed against bare baselines (issue 16)",
             "",
             "**Smoke run (--quick): these timings are not results.**\n" if args.quick else "",
-            f"`python bench/speed.py{' --quick' if args.quick else ''}` on {os.cpu_count()} cores ({cpu}), "
-            f"torch {torch.__version__}, {args.runs} interleaved runs (medians). Each ratio compares chexlab "
+            f"`python bench/speed.py{' --quick' if args.quick else ''}` on {os.cpu_count()} cores ({cpu}, "
+            f"load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, {args.runs} "
+            "interleaved runs (medians). Each ratio compares chexlab "
             "with a bare script measured in the same run; the goals are issue 16's.",
             "",
             *table,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from matplotlib import colormaps
 from torch import nn
 
 from demo.cam import model_lock
@@ -126,6 +125,8 @@ def activation_grids(
         raise ValueError(f"top must be between 1 and {MAX_CHANNELS}; got {top}")
     if not 16 <= tile <= 256:
         raise ValueError(f"tile must be between 16 and 256 pixels; got {tile}")
+    from matplotlib import colormaps  # here: importing the demo must not load matplotlib
+
     if colormap not in colormaps:
         raise ValueError(f"unknown colormap {colormap!r}; use a matplotlib name: viridis, inferno, gray, ...")
     x = input_tensor.unsqueeze(0) if input_tensor.dim() == 3 else input_tensor
@@ -182,6 +183,8 @@ def _grid(layer: ActivationLayer, maps: np.ndarray, top: int, tile: int, colorma
     canvas: np.ndarray = np.full(
         (rows * (tile_h + _GAP) - _GAP, columns * (tile_w + _GAP) - _GAP, 3), 255, np.uint8
     )
+    from matplotlib import colormaps
+
     cmap = colormaps[colormap]
     for slot, channel in enumerate(order):
         fmap = maps[channel]

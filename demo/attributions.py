@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
 from demo.cam import Explanation, model_lock
 from trainer.task import Task, TaskError
@@ -138,6 +137,8 @@ def explain_attribution(
         ValueError: unknown method, task or baseline, a bad step count or input shape, target_index out of
             range, a binary model without exactly one logit, or a black baseline without `mean`/`std`.
     """
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency  # here: captum imports matplotlib
+
     spec = _method(method)
     task = Task.parse(task)
     steps = spec.default_steps if steps is None else steps

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import logging
 import os
 import tempfile
@@ -24,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
-from PIL import Image
 
 from demo.cam import SLOW_METHODS
+from demo.encoding import DISPLAY_SUFFIX, display_bytes, png_bytes
 from demo.predictor import (
     USER_ERRORS,
     LoadedModel,
@@ -123,12 +121,12 @@ def predict(app: App, file: str | None, model: str | None, **settings: Any) -> t
     the (before, after) preprocessing images, warnings, the image details and a note on the map.
     """
     result = analyse(app, file, model, Settings.from_inputs(settings))
-    overlay = save_overlay(app, result, file or "")
+    shown, download = save_overlay(app, result, file or "")
     return (
         result.probabilities,
         result.decision,
-        overlay,
-        overlay,
+        shown,
+        download,
         save_before_after(app, result),
         notes_markdown(result),
         details_markdown(result),
@@ -144,8 +142,8 @@ def explain(app: App, file: str | None, model: str | None, **settings: Any) -> t
     if not file:  # the explanation settings changed before any upload: nothing to explain yet
         return gr.skip(), gr.skip(), gr.skip()
     result = analyse(app, file, model, Settings.from_inputs(settings))
-    overlay = save_overlay(app, result, file)
-    return overlay, overlay, cam_markdown(result)
+    shown, download = save_overlay(app, result, file)
+    return shown, download, cam_markdown(result)
 
 
 def rerun(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
@@ -372,27 +370,27 @@ def details_markdown(result: Prediction) -> str:
     return text
 
 
-def save_overlay(app: App, result: Prediction, file: str) -> str:
-    """The overlay as a PNG file, named after the upload, the method and the class."""
+def save_overlay(app: App, result: Prediction, file: str) -> tuple[str, str]:
+    """The overlay as two files: one to show (compact: `demo/encoding.py`), one to download (PNG).
+
+    Both are named after the upload, the method and the class; returns (shown, download) paths.
+    """
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(file).stem)[:60] or "radiograph"
     method = result.method.replace("+", "plus").replace(" ", "")
     target = "".join(c if c.isalnum() else "_" for c in result.target)
-    name = f"{stem}_{method}_{target}.png"
-    return str(save_files(app, {name: _png(result.overlay)}) / name)
+    name = f"{stem}_{method}_{target}"
+    shown, download = f"{name}{DISPLAY_SUFFIX}", f"{name}.png"
+    folder = save_files(app, {shown: display_bytes(result.overlay), download: png_bytes(result.overlay)})
+    return str(folder / shown), str(folder / download)
 
 
 def save_before_after(app: App, result: Prediction) -> tuple[str, str]:
-    """The radiograph before and after preprocessing as PNG files (for the before/after slider)."""
+    """The radiograph before and after preprocessing as files to show (for the before/after slider)."""
+    before, after = f"before{DISPLAY_SUFFIX}", f"after{DISPLAY_SUFFIX}"
     folder = save_files(
-        app, {"before.png": _png(as_uint8(result.before)), "after.png": _png(as_uint8(result.after))}
+        app, {before: display_bytes(as_uint8(result.before)), after: display_bytes(as_uint8(result.after))}
     )
-    return str(folder / "before.png"), str(folder / "after.png")
-
-
-def _png(image: np.ndarray) -> bytes:
-    data = io.BytesIO()
-    Image.fromarray(image).save(data, format="PNG")
-    return data.getvalue()
+    return str(folder / before), str(folder / after)
 
 
 def save_files(app: App, files: Mapping[str, bytes]) -> Path:

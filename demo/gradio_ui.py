@@ -20,6 +20,7 @@ import gradio as gr
 
 from demo import gradio_handlers as handlers
 from demo.cam import CAM_METHODS, SLOW_METHODS
+from demo.encoding import DISPLAY_FORMAT
 from demo.examples import example_files, example_label
 from demo.gradio_compare import compare_page
 from demo.gradio_handlers import DEFAULT_METHOD, DEFAULT_OPACITY, NO_IMAGE, TOP_CLASS, App, bind
@@ -251,7 +252,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                 with gr.Column(scale=5, min_width=260):
                     heatmap = gr.Image(
                         label="Heatmap: where the model looked",
-                        format="png",
+                        format=DISPLAY_FORMAT,
                         type="numpy",
                         interactive=False,
                         buttons=["fullscreen"],
@@ -283,7 +284,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
             notes = gr.Markdown(label="Notes", elem_classes="chx-notes", elem_id="notes")
             before_after = gr.ImageSlider(
                 label="Before / after preprocessing",
-                format="png",
+                format=DISPLAY_FORMAT,
                 type="numpy",
                 interactive=False,
                 max_height=520,

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
 from trainer.calibration import Calibration
 from trainer.preprocess import find_lungs
@@ -136,6 +135,9 @@ def deletion_check(
         keep: np.ndarray = np.ones(heat.size, dtype=np.float32)
         keep[order[: round(fraction * heat.size)]] = 0.0
         mask = torch.from_numpy(keep.reshape(heat.shape))
+        # here: pytorch_grad_cam pulls in scikit-learn, pandas, scipy and matplotlib (~2 s at start-up)
+        from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
         imputed = NoisyLinearImputer(noise=0.0)(x[0].detach().cpu().float(), mask)
         after = _class_probability(
             model(imputed[None].to(x.device, x.dtype))[0], task, target_index, calibration

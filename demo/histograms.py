@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from trainer.preprocess import Pipeline
 
@@ -104,6 +102,10 @@ def histogram_plot(
     width, height = size
     if not (160 <= width <= 2000 and 100 <= height <= 2000):
         raise ValueError(f"size must be (160-2000, 100-2000) pixels; got {size}")
+    # here: importing the demo loads no matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = fig.add_subplot()

@@ -262,7 +262,8 @@ class Predictor:
         max_models: loaded models kept in memory (least recently used ones beyond this are dropped; the
             default model is always kept).
         cache_size: recent predictions kept, so that changing only the opacity, or going back to a setting,
-            needs no model run (0 disables it).
+            needs no model run (0 disables it); the last two reads and prepared inputs are kept too, so that
+            another class or CAM method runs neither the decoding nor the preprocessing again.
     """
 
     def __init__(
@@ -287,6 +288,9 @@ class Predictor:
         self._models = _LRU(max_models)
         self._results = _LRU(cache_size)
         self._reads = _LRU(min(cache_size, 2))
+        # The prepared input (preprocessed, letterboxed, display views) per file, model and pipeline: another
+        # class or CAM method runs the model again, never the preprocessing.
+        self._prepared = _LRU(min(cache_size, 2))
         self._lock = threading.Lock()
         self._load_locks: dict[ModelSource, threading.Lock] = {}
 
@@ -426,13 +430,18 @@ class Predictor:
         target_index = loaded.target_index(target)
         transform = loaded.transform.with_pipeline(_pipeline(loaded, toggles))
         data, file_key = _read_bytes(source)
-        key = (file_key, loaded.source, transform.pipeline.to_json(), method, target)
+        prepared_key = (file_key, loaded.source, transform.pipeline.to_json())  # source: also the input size
+        key = (*prepared_key, method, target)
         cached = self._results.get(key) if file_key is not None else None
         if cached is not None:
             return cached.with_opacity(opacity)
         started = time.perf_counter()
         xray = self._read(data, file_key, source)
-        shown = transform.display(xray.pixels, max(transform.spec.size, DISPLAY_SIDE))
+        shown = self._prepared.get(prepared_key) if file_key is not None else None
+        if shown is None:
+            shown = transform.display(xray.pixels, max(transform.spec.size, DISPLAY_SIDE))
+            if file_key is not None:
+                self._prepared.put(prepared_key, shown)
         with captured_features(loaded.model) as features:
             explanation = explain(
                 loaded.model, shown.seen.tensor.to(self.device), task=loaded.task, target_index=target_index,

@@ -56,15 +56,17 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
     assert len(outputs) == handlers.PREDICT_OUTPUTS
     probabilities, decision, overlay, download, (before, after), notes, details, cam_note = outputs
     assert set(probabilities) == {"abnormal", "normal"} and "threshold (0.50)" in decision
-    assert overlay == download and Path(overlay).name in (
-        "chest_Grad-CAM_abnormal.png",
-        "chest_Grad-CAM_normal.png",
-    )
-    assert np.asarray(Image.open(overlay)).shape == (512, 512, 3)
+    assert Path(download).name in ("chest_Grad-CAM_abnormal.png", "chest_Grad-CAM_normal.png")
+    assert Path(overlay).name == Path(download).stem + ".jpg"  # shown compact, downloaded lossless
+    assert Image.open(overlay).format == "JPEG" and Image.open(download).format == "PNG"
+    shown, lossless = np.asarray(Image.open(overlay)), np.asarray(Image.open(download))
+    assert shown.shape == lossless.shape == (512, 512, 3)
+    assert np.abs(shown.astype(int) - lossless.astype(int)).mean() < 3  # the same picture
+    assert Image.open(before).format == Image.open(after).format == "JPEG"
     assert not np.array_equal(np.asarray(Image.open(before)), np.asarray(Image.open(after)))  # body crop
     assert "8 bits" in details and cam_note.startswith("Grad-CAM for **")
     again = handlers.explain(app, str(files["png8"]), "tiny", cam_method="HiResCAM", target_class="normal")
-    assert Path(again[0]).name == "chest_HiResCAM_normal.png" and again[2].startswith(
+    assert Path(again[1]).name == "chest_HiResCAM_normal.png" and again[2].startswith(
         "HiResCAM for **normal**"
     )
 

@@ -56,8 +56,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize, minimize_scalar
-from scipy.special import expit, logsumexp, softmax
 
 from trainer.errors import ChexlabError
 from trainer.task import Task
@@ -115,9 +113,11 @@ def probabilities_from_logits(logits: np.ndarray, task: Task | str) -> np.ndarra
     """Probabilities from logits (N, K), shaped as the task's outputs: binary (N,), otherwise (N, C)."""
     task = Task.parse(task)
     z = np.asarray(logits, dtype=np.float64)
+    # numpy, not scipy.special: serving a prediction must not import scipy (start-up time and memory)
     if task.exclusive:
-        return softmax(z, axis=-1)
-    p = expit(z)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    p = np.exp(-np.logaddexp(0.0, -z))  # the logistic function, stable for both signs
     return p[:, 0] if task.single_logit else p
 
 
@@ -181,6 +181,8 @@ def fit_scaling(
 
 
 def _fit_temperature(nll: Any, what: str) -> float:
+    from scipy.optimize import minimize_scalar  # fitting only: serving never imports scipy
+
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(
         lambda u: nll(math.exp(u)), bounds=(low, high), method="bounded", options={"xatol": 1e-7}
@@ -193,6 +195,8 @@ def _fit_temperature(nll: Any, what: str) -> float:
 
 def _fit_affine(z: np.ndarray, y: np.ndarray, what: str) -> tuple[float, float]:
     """(T, b) minimising the mean BCE of sigmoid(z / T + b): a logistic regression on the one feature z."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         s = params[0] * z + params[1]
@@ -221,6 +225,8 @@ def _sigmoid_nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
 
 
 def _softmax_nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
+    from scipy.special import logsumexp
+
     s = z / t
     return float(np.mean(logsumexp(s, axis=1) - s[np.arange(len(y)), y]))
 

@@ -60,7 +60,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from trainer.task import Task
 
@@ -149,6 +148,8 @@ def _threshold(y: np.ndarray, p: np.ndarray, method: str, target_sensitivity: fl
             y.size,
         )
         return 0.5
+    from sklearn.metrics import roc_curve  # here: the demo imports this module, and sklearn costs ~1 s
+
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     # The first ROC point (threshold +inf) predicts nothing positive: never a usable operating point.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]

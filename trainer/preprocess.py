@@ -28,7 +28,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from trainer.errors import ChexlabError
 
@@ -491,6 +490,8 @@ def _grow_lung(
     markers = np.zeros((h, w), dtype=np.int16)
     markers[joined & ends] = 1
     markers[current] = 2
+    from scipy import ndimage  # only the lung crop needs it: the demo's default pipelines import no scipy
+
     lung = (ndimage.watershed_ift(walled, markers) == 2) & joined
     # Only the lower lung is missing at this point: what the split adds above the core or well beside it is
     # shoulder or armpit.
