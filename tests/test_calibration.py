@@ -94,10 +94,25 @@ def test_multilabel_gets_one_temperature_and_offset_per_finding_and_ignores_unkn
 
 
 def test_a_finding_with_one_outcome_stays_uncalibrated() -> None:
-    logits = np.array([[1.0, 2.0], [2.0, -1.0], [0.5, 0.3]])
-    targets = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, np.nan]])
+    logits = np.array([[-2.0, 2.0], [-1.0, -1.0], [-0.5, 0.3], [0.5, 1.0], [1.0, 0.2], [2.0, 0.0]])
+    targets = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, np.nan], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     temperatures, offsets = fit_scaling(logits, targets, "multilabel")
     assert temperatures[1] == 1.0 and offsets[1] == 0.0 and temperatures[0] != 1.0
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_labels_the_model_separates_perfectly_leave_it_uncalibrated(task: str) -> None:
+    # On separable labels the NLL keeps falling as T -> 0: the fit must not return such a temperature.
+    rng = np.random.default_rng(3)
+    y = np.arange(12) % 2
+    if task == "binary":
+        logits = np.where(y == 1, 1.0, -1.0) * rng.uniform(0.5, 2.0, 12)
+    else:
+        logits = np.stack(
+            [-(y * 2 - 1) * rng.uniform(0.5, 2.0, 12), (y * 2 - 1) * rng.uniform(0.5, 2.0, 12)], 1
+        )
+    temperatures, offsets = fit_scaling(logits, y, task)
+    assert temperatures == (1.0,) and all(b == 0.0 for b in offsets)
 
 
 def test_calibrate_on_probabilities_equals_calibrate_on_logits() -> None:

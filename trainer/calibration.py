@@ -142,7 +142,9 @@ def fit_scaling(
     Returns:
         (temperatures, offsets): one temperature (binary, multi-class) or one per finding (multi-label);
         offsets alike, or () without them. An output whose known labels hold a single outcome keeps T = 1,
-        b = 0 (nothing to fit), with a warning in the log.
+        b = 0 (nothing to fit), with a warning in the log; so does one whose labels the model separates
+        perfectly (typically a small validation split: the NLL then keeps falling as T -> 0, and such a
+        temperature would make every later output falsely certain).
 
     Raises:
         CalibrationError: mismatched shapes, no labelled image, or offsets asked for a multi-class model.
@@ -157,6 +159,9 @@ def fit_scaling(
         _check_rows(z, y)
         if not np.isfinite(y).all() or ((y < 0) | (y >= z.shape[1]) | (y != np.round(y))).any():
             raise CalibrationError(f"multi-class targets must be class indices 0-{z.shape[1] - 1}")
+        if (z.argmax(axis=1) == y).all():
+            log.warning(_SEPARATED, "the classes")
+            return (1.0,), ()
         return (_fit_temperature(lambda t: _softmax_nll(z, y.astype(int), t), "the classes"),), ()
     y = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
     _check_rows(z, y)
@@ -170,6 +175,10 @@ def fit_scaling(
             log.warning("output %d has %d known labels, all of one outcome: kept uncalibrated", k, zk.size)
             temperatures.append(1.0)
             biases.append(0.0)
+        elif zk[yk == 0].max() < zk[yk == 1].min():
+            log.warning(_SEPARATED, f"output {k}")
+            temperatures.append(1.0)
+            biases.append(0.0)
         elif with_offsets:
             temperature, bias = _fit_affine(zk, yk, f"output {k}")
             temperatures.append(temperature)
@@ -178,6 +187,11 @@ def fit_scaling(
             nll = lambda t, zk=zk, yk=yk: _sigmoid_nll(zk, yk, t)  # noqa: E731
             temperatures.append(_fit_temperature(nll, f"output {k}"))
     return tuple(temperatures), tuple(biases)
+
+
+_SEPARATED = (
+    "the model separates the labels of %s perfectly: the fit would sharpen without limit, kept uncalibrated"
+)
 
 
 def _fit_temperature(nll: Any, what: str) -> float:
