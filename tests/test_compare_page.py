@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from demo.comparison import sample_images
 from tests.conftest import REPO_ROOT
 from tests.demo_support import ARTIFACTS, chromium, free_port, save_tiny_model, write_inputs
 
@@ -68,6 +69,46 @@ def test_page_opens_with_the_chosen_models_and_the_disclaimer(env: dict[str, Pat
     assert any("not a diagnostic device" in text for text in _texts(at.warning))
     assert any("press **Compare**" in text for text in _texts(at.info))
     assert at.text_input[0].value == str(env["images"])
+
+
+@pytest.fixture
+def gallery_env(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """No preset folder: the page opens on the sample gallery."""
+    monkeypatch.setenv("CHEXLAB_COMPARE_MODELS", f"{setup['a']},{setup['b']}")
+    monkeypatch.delenv("CHEXLAB_COMPARE_FOLDER", raising=False)
+    monkeypatch.setenv("CHEXLAB_EXAMPLES", "")
+    monkeypatch.setenv("CHEXLAB_PUBLIC", "0")
+    return setup
+
+
+def test_first_open_shows_the_gallery_accuracy_auc_and_the_paired_statement(
+    gallery_env: dict[str, Path],
+) -> None:
+    at = _page()  # no button pressed
+    summary = at.dataframe[0].value
+    assert list(summary["column"]) == ["tiny-binary", "tiny-classes"]
+    assert list(summary["analysed"]) == [len(sample_images())] * 2
+    assert all(summary["AUC"] != "") and all(summary["accuracy"] != "")
+    assert "Is the difference real?" in [str(h.value) for h in at.subheader]
+    markdown = " ".join(_texts(at.markdown))
+    assert "is the image abnormal?" in markdown and "McNemar" in markdown
+    assert any("bootstrap resamples" in text for text in _texts(at.markdown))
+    assert "By subgroup" in [str(h.value) for h in at.subheader]
+    assert any("sample gallery" in text for text in _texts(at.caption))
+    assert not any("settings changed" in text for text in _texts(at.info))
+
+
+def test_first_open_in_public_mode_offers_no_folder_box(
+    gallery_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHEXLAB_PUBLIC", "1")
+    at = _page()
+    assert not at.text_input  # no folder to type, and no preset folder: only the gallery and uploads
+    assert at.radio[1].options == ["Examples", "Upload"]
+    assert list(at.dataframe[0].value["column"]) == ["tiny-binary", "tiny-classes"]
+    body = " ".join(str(e.value) for e in [*at.markdown, *at.caption, *at.error, *at.info, *at.success])
+    assert "Is the difference real?" in [str(h.value) for h in at.subheader]
+    assert str(gallery_env["root"]) not in body and "/demo/examples" not in body  # names, never paths
 
 
 def test_compare_produces_the_grid_summary_and_downloads(env: dict[str, Path]) -> None:
@@ -158,12 +199,35 @@ def test_gradio_compare_page_shares_the_comparison(setup: dict[str, Path], tmp_p
                 api_name="/compare",
             )  # fmt: skip
     assert "disagree" in headline or "agree" in headline
+    assert "**Is the difference real?**" in headline  # the gallery's labels: the paired statistics
     assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]
-    # One upload and the three examples, one of which (notes.png) is unreadable.
-    assert [row[1:3] for row in table["data"]] == [[3, 1], [3, 1]]
+    # One upload, the gallery and the operator's three examples, one of which (notes.png) is unreadable.
+    shown = 1 + len(sample_images(images))
+    assert [row[1:3] for row in table["data"]] == [[shown - 1, 1], [shown - 1, 1]]
     assert Path(grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(png_path).stat().st_size > 0
     lines = Path(csv_path).read_text().splitlines()
-    assert lines[0].startswith("image,label,column") and len(lines) == 1 + 4 * 2
+    assert lines[0].startswith("image,label,column") and len(lines) == 1 + shown * 2
+
+
+def test_gradio_compare_page_opens_on_the_labelled_gallery(setup: dict[str, Path]) -> None:
+    """The first-open handler: the first two offered models on the gallery, with accuracy, AUC and the
+    paired statement; computed once and shown to every visitor alike."""
+    from demo.gradio_compare import first_open
+    from demo.gradio_handlers import App
+    from demo.predictor import Predictor
+
+    predictor = Predictor({"tiny-binary": setup["a"], "tiny-classes": setup["b"]}, max_pixels=5_000_000)
+    app = App(predictor, download_dir=setup["root"] / "downloads")
+    headline, table, grid, csv_path, _ = first_open(app)
+    assert table["headers"][:2] == ["column", "analysed"] and {"accuracy", "AUC"} <= set(table["headers"])
+    assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]
+    assert all(row[table["headers"].index("AUC")] != "" for row in table["data"])
+    assert "**Is the difference real?** Compared on the question every model answers" in headline
+    assert "happens by chance in" in headline or "cannot be compared" in headline
+    assert "McNemar's test" in headline and "**By subgroup**" in headline and "counts only" in headline
+    assert Path(grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "nih_00001823_000.png" in Path(csv_path).read_text()
+    assert first_open(app)[0] == headline  # the same comparison again, not a new run
 
 
 # ------------------------------------------------------------------------------------------- browser
