@@ -52,7 +52,7 @@ from demo.comparison import (
     sample_images,
     to_csv,
 )
-from demo.comparison_stats import difference_report, subgroup_rows
+from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
 from demo.examples import example_files
 from demo.predictor import USER_ERRORS, LoadedModel, Predictor, as_uint8, internal_error
 from trainer.allocator import Profile, tune_allocator
@@ -312,14 +312,17 @@ def _difference(result: Comparison) -> None:
     st.subheader("Is the difference real?")
     st.markdown(report.question)
     if report.models:
-        st.dataframe(report.auc_rows(), hide_index=True, width="content")
+        st.table(report.auc_rows(), hide_index=True, width="content")
     for sentence in report.sentences():
         st.markdown(f"- {_plain(sentence)}")
-    groups = subgroup_rows(result)
-    if groups:
+    scored, counted = split_subgroups(subgroup_rows(result))
+    if scored or counted:
         st.subheader("By subgroup")
-        st.caption("Sex, age band and view from the labels; groups of few images are shown as counts only.")
-        st.dataframe(groups, hide_index=True, width="content")
+        st.caption("Sex, age band and view from the labels, at each model's own decision.")
+        if scored:
+            st.table(scored, hide_index=True, width="content")
+        if counted:
+            st.markdown(_plain(counted))
 
 
 def _grid(result: Comparison) -> None:

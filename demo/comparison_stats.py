@@ -35,11 +35,20 @@ from trainer.task import Task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_IMAGES", "MIN_GROUP_IMAGES", "DifferenceReport", "difference_report", "subgroup_rows"]
+__all__ = [
+    "MIN_IMAGES",
+    "MIN_GROUP_IMAGES",
+    "DifferenceReport",
+    "difference_report",
+    "split_subgroups",
+    "subgroup_rows",
+]
 
 MIN_IMAGES = 4  # below this many labelled images no resampling can tell a difference from chance
 MIN_GROUP_IMAGES = 8  # smaller subgroups are shown as counts only (the training reports use 20)
 N_BOOTSTRAP = 2000
+COUNTS_ONLY = "counts only"
+_KEYS = ("by", "group", "images")
 
 
 @dataclass(frozen=True)
@@ -111,12 +120,13 @@ def difference_report(
     if question is None:
         return DifferenceReport("Nothing could be compared.", 0, notes=tuple(notes))
     n = len(question.images)
+    on = f"Compared on {n} labelled image{'s' if n != 1 else ''}"
     asked = (
-        "Compared on the columns' own classes"
+        f"{on}, by the columns' own classes."
         if question.own_classes
-        else "Compared on the question every model answers: is the image abnormal?"
+        else f"{on}, on the question every model answers: is the image abnormal? (These AUCs are for "
+        "that question, so they can differ from the summary's, over each model's own classes.)"
     )
-    asked += f", on {n} labelled image{'s' if n != 1 else ''}."
     if n < MIN_IMAGES:
         notes.insert(
             0,
@@ -173,13 +183,29 @@ def subgroup_rows(comparison: Comparison, *, min_images: int = MIN_GROUP_IMAGES)
                     {"by": by, "group": group["group"], "images": group["n_images"]},
                 )
                 if group["auc"] is None and group["sensitivity"] is None:
-                    row[column] = "counts only"
+                    row[column] = COUNTS_ONLY
                 else:
                     row[column] = "; ".join(
                         f"{short} {_metric(group[name]) or 'n/a'}"
                         for short, name in (("AUC", "auc"), ("sens", "sensitivity"), ("spec", "specificity"))
                     )
     return list(table.values())
+
+
+def split_subgroups(rows: list[dict[str, object]]) -> tuple[list[dict[str, object]], str]:
+    """The subgroup rows with numbers, and the counts-only groups in one sentence (a table of "counts
+    only" says less than a line), e.g. "Counts only (fewer than 8 images): sex F 4, M 7; view PA 7."."""
+    scored = [
+        row for row in rows if any(value != COUNTS_ONLY for key, value in row.items() if key not in _KEYS)
+    ]
+    counted = [row for row in rows if row not in scored]
+    by: dict[str, list[str]] = {}
+    for row in counted:
+        by.setdefault(str(row["by"]), []).append(f"{row['group']} {row['images']}")
+    if not by:
+        return scored, ""
+    groups = "; ".join(f"{name} {', '.join(parts)}" for name, parts in by.items())
+    return scored, f"Counts only (groups of fewer than {MIN_GROUP_IMAGES} images): {groups}."
 
 
 def _metric(entry: dict[str, Any] | None) -> str:

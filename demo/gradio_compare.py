@@ -29,7 +29,7 @@ from demo.comparison import (
     sample_images,
     to_csv,
 )
-from demo.comparison_stats import difference_report, subgroup_rows
+from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
 from demo.gradio_handlers import DEFAULT_METHOD, TOP_CLASS, App, bind, save_files
 from demo.predictor import USER_ERRORS, LoadedModel, internal_error
 
@@ -88,6 +88,7 @@ def compare_page(app: App, model_runs: str) -> None:
                 "Comparing the first models on the sample gallery…", elem_id="compare-headline"
             )
             summary = gr.Dataframe(label="Summary per model", interactive=False, elem_id="compare-summary")
+            stats = gr.Markdown(elem_id="compare-stats")
             with gr.Row():
                 csv_file = gr.DownloadButton("Download CSV", size="md", elem_id="compare-csv")
                 png_file = gr.DownloadButton("Download grid (PNG)", size="md", elem_id="compare-png")
@@ -113,13 +114,13 @@ def compare_page(app: App, model_runs: str) -> None:
     )
     if Context.root_block is not None and examples and len(choices) >= MIN_MODELS:
         Context.root_block.load(
-            bind(first_open, app), None, [headline, summary, grid, csv_file, png_file],
+            bind(first_open, app), None, [headline, summary, stats, grid, csv_file, png_file],
             concurrency_id=model_runs, api_visibility="private",
         )  # fmt: skip
     run.click(
         bind(compare, app),
         [mode, models, one_model, variants, uploads, use_examples, target, method],
-        [headline, summary, grid, csv_file, png_file],
+        [headline, summary, stats, grid, csv_file, png_file],
         api_name="compare",
         concurrency_id=model_runs,
     )
@@ -160,7 +161,8 @@ def compare(
 ) -> tuple[Any, ...]:
     """Compare models (or preprocessing variants) on the uploaded images and/or the examples.
 
-    Returns the headline, the summary table, the grid PNG, and the CSV and PNG files to download.
+    Returns the headline, the summary table, "is the difference real?" (Markdown), the grid PNG, and the CSV
+    and PNG files to download.
     """
     # Uploads are the visitor's own files: no labels are looked up beside them on the server.
     items = [ImageItem(Path(path).name, path) for path in files or []][:MAX_IMAGES]
@@ -217,23 +219,24 @@ def _examples(app: App) -> list[ImageItem]:
 
 
 def _outputs(app: App, result: Comparison, note: str = "") -> tuple[Any, ...]:
-    """The headline (with "is the difference real?" and the subgroups), table, grid and the downloads."""
+    """The headline, the summary table, the paired statistics and subgroups, the grid and the downloads."""
     png, text = grid_png(result), to_csv(result)
     folder = save_files(app, {"chexlab-comparison.png": png, "chexlab-comparison.csv": text.encode()})
     png_path, csv_path = folder / "chexlab-comparison.png", folder / "chexlab-comparison.csv"
     rows = result.summary_rows()
     table = {"headers": list(rows[0]), "data": [list(row.values()) for row in rows]}
-    parts = [f"**{result.headline()}**"]
+    parts = []
     report = difference_report(result)
     if report is not None:
-        parts.append(report.markdown())
-        parts.append(_markdown_table(report.auc_rows()))
-    groups = subgroup_rows(result)
-    if groups:
-        parts.append("**By subgroup** (small groups: counts only)\n\n" + _markdown_table(groups))
+        parts += [report.markdown(), _markdown_table(report.auc_rows())]
+    scored, counted = split_subgroups(subgroup_rows(result))
+    if scored or counted:
+        parts.append("**By subgroup** (sex, age band, view from the labels)")
+        parts += [_markdown_table(scored), counted]
     if note:
         parts.append(f"_{note}_")
-    return "\n\n".join(parts), table, str(png_path), str(csv_path), str(png_path)
+    stats = "\n\n".join(part for part in parts if part)
+    return f"**{result.headline()}**", table, stats, str(png_path), str(csv_path), str(png_path)
 
 
 def _markdown_table(rows: list[dict[str, object]]) -> str:

@@ -88,7 +88,10 @@ def test_first_open_shows_the_gallery_accuracy_auc_and_the_paired_statement(
     summary = at.dataframe[0].value
     assert list(summary["column"]) == ["tiny-binary", "tiny-classes"]
     assert list(summary["analysed"]) == [len(sample_images())] * 2
-    assert all(summary["AUC"] != "") and all(summary["accuracy"] != "")
+    # The binary model answers every labelled image; the 3-class one's names match only "normal" (one class:
+    # no AUC), which the table shows as a blank rather than a number.
+    assert list(summary["labelled"]) == [17, 6] and summary["AUC"][0] != "" and summary["AUC"][1] == ""
+    assert all(summary["accuracy"] != "")
     assert "Is the difference real?" in [str(h.value) for h in at.subheader]
     markdown = " ".join(_texts(at.markdown))
     assert "is the image abnormal?" in markdown and "McNemar" in markdown
@@ -189,7 +192,7 @@ def test_gradio_compare_page_shares_the_comparison(setup: dict[str, Path], tmp_p
     images = sorted(setup["images"].glob("*.png")) + sorted(setup["images"].glob("*.dcm"))
     with serve(lambda: build_demo(predictor, examples=images), tmp_path / "cache") as url:
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        headline, table, grid, csv_path, png_path = client.predict(
+        headline, table, stats, grid, csv_path, png_path = client.predict(
             "Models side by side", ["tiny-binary", "tiny-classes"], None, [],
             [handle_file(str(images[0]))], True, "Top class", "Grad-CAM", api_name="/compare",
         )  # fmt: skip
@@ -199,7 +202,7 @@ def test_gradio_compare_page_shares_the_comparison(setup: dict[str, Path], tmp_p
                 api_name="/compare",
             )  # fmt: skip
     assert "disagree" in headline or "agree" in headline
-    assert "**Is the difference real?**" in headline  # the gallery's labels: the paired statistics
+    assert "**Is the difference real?**" in stats  # the gallery's labels: the paired statistics
     assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]
     # One upload, the gallery and the operator's three examples, one of which (notes.png) is unreadable.
     shown = 1 + len(sample_images(images))
@@ -218,16 +221,20 @@ def test_gradio_compare_page_opens_on_the_labelled_gallery(setup: dict[str, Path
 
     predictor = Predictor({"tiny-binary": setup["a"], "tiny-classes": setup["b"]}, max_pixels=5_000_000)
     app = App(predictor, download_dir=setup["root"] / "downloads")
-    headline, table, grid, csv_path, _ = first_open(app)
+    headline, table, stats, grid, csv_path, _ = first_open(app)
     assert table["headers"][:2] == ["column", "analysed"] and {"accuracy", "AUC"} <= set(table["headers"])
     assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]
-    assert all(row[table["headers"].index("AUC")] != "" for row in table["data"])
-    assert "**Is the difference real?** Compared on the question every model answers" in headline
-    assert "happens by chance in" in headline or "cannot be compared" in headline
-    assert "McNemar's test" in headline and "**By subgroup**" in headline and "counts only" in headline
+    assert [row[table["headers"].index("AUC")] != "" for row in table["data"]] == [True, False]
+    assert "agree" in headline or "disagree" in headline
+    labelled = sum(item.label is not None for item in sample_images())
+    assert (
+        f"**Is the difference real?** Compared on {labelled} labelled images, on the question every" in stats
+    )
+    assert "happens by chance in" in stats or "cannot be compared" in stats
+    assert "McNemar's test" in stats and "**By subgroup**" in stats and "Counts only (groups of" in stats
     assert Path(grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "nih_00001823_000.png" in Path(csv_path).read_text()
-    assert first_open(app)[0] == headline  # the same comparison again, not a new run
+    assert first_open(app)[2] == stats  # the same comparison again, not a new run
 
 
 # ------------------------------------------------------------------------------------------- browser

@@ -17,7 +17,7 @@ from demo.comparison import (
     label_abnormal,
     sample_images,
 )
-from demo.comparison_stats import MIN_IMAGES, difference_report, subgroup_rows
+from demo.comparison_stats import MIN_IMAGES, difference_report, split_subgroups, subgroup_rows
 from demo.gallery import gallery
 from demo.predictor import Predictor
 from tests.demo_support import save_tiny_model, synthetic_pixels
@@ -62,7 +62,7 @@ def test_known_answer_mcnemar_between_always_and_never(predictor: Predictor, wor
     result = compare_models(predictor, ["always", "never"], _labelled(workdir), checks=False)
     report = difference_report(result, n_bootstrap=200)
     assert report is not None and report.n_images == 6
-    assert "own classes" in report.question
+    assert report.question == "Compared on 6 labelled images, by the columns' own classes."
     (pair,) = report.pairs
     test = pair.mcnemar
     assert test is not None and (test.only_a, test.only_b, test.both, test.neither) == (4, 2, 0, 0)
@@ -162,6 +162,7 @@ def test_subgroups_show_small_groups_as_counts(predictor: Predictor, workdir: Pa
     rows = subgroup_rows(result)
     assert [(row["by"], row["group"], row["images"]) for row in rows] == [("sex", "F", 3), ("sex", "M", 3)]
     assert all(row["always"] == "counts only" for row in rows)
+    assert split_subgroups(rows) == ([], "Counts only (groups of fewer than 8 images): sex F 3, M 3.")
     scored = subgroup_rows(result, min_images=3)
     assert all(str(row["never"]).startswith("AUC ") for row in scored)
 
