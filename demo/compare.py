@@ -51,6 +51,7 @@ from demo.comparison import (
     images_from_folder,
     sample_images,
     to_csv,
+    with_labels_file,
 )
 from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
 from demo.examples import example_files
@@ -215,9 +216,21 @@ def _image_picker(public: bool) -> tuple[list[ImageItem], object]:
             "Radiographs (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP)", type=UPLOAD_TYPES,
             accept_multiple_files=True,
         )  # fmt: skip
+        labels = st.file_uploader(
+            "Labels (optional CSV: file, labels; patient_id, sex, age, view if known)", type=["csv"],
+            help="Matched to the images by file name: accuracy, AUC, the paired statistics and subgroups.",
+        )  # fmt: skip
         contents = [(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
         key = tuple(hashlib.sha256(data).hexdigest() for _, data in contents)
-        return [ImageItem(name, data) for name, data in contents], key
+        items = [ImageItem(name, data) for name, data in contents]
+        if labels is None:
+            return items, key
+        text = labels.getvalue().decode("utf-8", errors="replace")
+        try:
+            items = with_labels_file(items, text)
+        except USER_ERRORS as err:
+            st.error(f"Labels not used: {err}")
+        return items, (key, hashlib.sha256(text.encode()).hexdigest())
     items = sample_images(example_files(limit=MAX_IMAGES))
     labelled = sum(item.label is not None for item in items)
     st.caption(f"The sample gallery: {len(items)} radiographs, {labelled} with labels (demo/examples).")

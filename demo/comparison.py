@@ -22,7 +22,7 @@ import logging
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 import cv2
@@ -45,7 +45,7 @@ from demo.predictor import (
 from trainer.errors import ChexlabError
 from trainer.export import ModelInfo
 from trainer.io import XRay
-from trainer.label_readers import IMAGE_SUFFIXES, read_csv_labels, read_folder_labels
+from trainer.label_readers import IMAGE_SUFFIXES, pick_column, read_csv_labels, read_folder_labels
 from trainer.labels import DataError, LabelTable, loose_key
 from trainer.metrics import evaluate_predictions
 from trainer.model_source import quote
@@ -79,6 +79,7 @@ __all__ = [
     "label_abnormal",
     "label_target",
     "to_csv",
+    "with_labels_file",
 ]
 
 DISCLAIMER = (
@@ -176,6 +177,52 @@ def sample_images(extra: Iterable[str | Path] = ()) -> list[ImageItem]:
     known = {Path(str(item.source)).resolve() for item in items}
     others = [path for path in extra if Path(path).resolve() not in known]
     return (items + images_from_paths(others))[:MAX_IMAGES]
+
+
+def with_labels_file(items: Sequence[ImageItem], text: str) -> list[ImageItem]:
+    """Uploaded images with the labels, patient ids and subgroups of an uploaded CSV, matched by file name.
+
+    The CSV (the visitor's own, read from memory: nothing on the server is looked up) has a file column
+    (file, path, image, filename or NIH's "Image Index"; only the name counts), a label column (labels or
+    label: a class, findings joined by "|", or normal) and optionally patient_id, sex, age and view.
+
+    Raises:
+        ComparisonError: no file or label column.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = list(reader.fieldnames or [])
+    file_col = pick_column(header, "file", ("path", "image", "filename", "Image Index"))
+    label_col = pick_column(header, "labels", ("label", "Finding Labels"))
+    if file_col is None or label_col is None:
+        raise ComparisonError(
+            f"the labels file needs a file and a label column; it has: {', '.join(header) or 'no header'}"
+        )
+    extra = {name: pick_column(header, name, variants) for name, variants in _LABEL_FILE_COLUMNS.items()}
+    by_name = {PurePath(row.get(file_col) or "").name: row for row in reader}
+    labelled = []
+    for item in items:
+        row = by_name.get(PurePath(item.name).name)
+        if row is None:
+            labelled.append(item)
+            continue
+        label = (row.get(label_col) or "").strip() or None  # "No Finding" reads as normal
+        patient = extra["patient_id"]
+        groups = tuple(
+            (name, value)
+            for name in ("sex", "age", "view")
+            if (column := extra[name]) and (value := (row.get(column) or "").strip())
+        )
+        pid = (row.get(patient) or "").strip() if patient else ""
+        labelled.append(dataclasses.replace(item, label=label, patient_id=pid or None, groups=groups))
+    return labelled
+
+
+_LABEL_FILE_COLUMNS = {
+    "patient_id": ("patient", "Patient ID"),
+    "sex": ("Patient Gender", "gender"),
+    "age": ("Patient Age",),
+    "view": ("View Position", "viewposition"),
+}
 
 
 def images_from_paths(paths: Iterable[str | Path]) -> list[ImageItem]:
@@ -298,20 +345,22 @@ class Cell:
             return None
         return tuple(self.prediction.decided) if by_decision else self.abnormal
 
-    def check_text(self) -> str:
-        """The heatmap checks in a line, e.g. "lungs 71 % of map (box 48 %), drop +0.12 w/o top 20 %"."""
+    def check_lines(self) -> list[str]:
+        """The heatmap checks in short lines: ["lungs 71 % of map (box 48 %)", "drop +0.12 w/o top 20 %"]."""
         if self.check is None:
-            return ""
+            return []
         lungs, deletion = self.check.lungs, self.check.deletion
-        parts = []
         if lungs.share is not None and lungs.area is not None:
-            parts.append(f"lungs {100 * lungs.share:.0f} % of map (box {100 * lungs.area:.0f} %)")
+            lines = [f"lungs {100 * lungs.share:.0f} % of map (box {100 * lungs.area:.0f} %)"]
         else:
-            parts.append(lungs.note or "no lung share")
-        drop = deletion.drop
-        if drop is not None:
-            parts.append(f"drop {drop:+.2f} w/o top {100 * deletion.removed:.0f} %")
-        return ", ".join(parts)
+            lines = [lungs.note or "no lung share"]
+        if deletion.drop is not None:
+            lines.append(f"drop {deletion.drop:+.2f} w/o top {100 * deletion.removed:.0f} %")
+        return lines
+
+    def check_text(self) -> str:
+        """The heatmap checks in one line."""
+        return ", ".join(self.check_lines())
 
 
 @dataclass(frozen=True, eq=False)
@@ -916,7 +965,7 @@ def grid_png(comparison: Comparison, *, side: int = 192) -> bytes:
     pair = comparison.mode == "preprocessing"
     cell_w = side * (2 if pair else 1) + 12
     first_w = side + 12
-    text_lines = 5
+    text_lines = 6
     header_h = 3 * line + 12
     row_h = side + text_lines * line + 16
     footer_h = 2 * line + 12
@@ -999,12 +1048,12 @@ def _draw_cell(
     top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:2]
     for k, (name, p) in enumerate(top):
         draw.text((x, ty + (k + 1) * line), _fit(f"{name}: {p:.2f}", width, font), font=font, fill=_INK)
-    if cell.check is not None:
-        draw.text((x, ty + 3 * line), _fit(cell.check_text(), width, font), font=font, fill=_MUTED)
+    for k, text in enumerate(cell.check_lines()):
+        draw.text((x, ty + (3 + k) * line), _fit(text, width, font), font=font, fill=_MUTED)
     note = pred.verdict.warning if cell.withheld else cell.note
     if note:
         draw.text(
-            (x, ty + 4 * line), _fit(note, width, font), font=font, fill=_RED if cell.withheld else _MUTED
+            (x, ty + 5 * line), _fit(note, width, font), font=font, fill=_RED if cell.withheld else _MUTED
         )
 
 

@@ -282,7 +282,7 @@ def test_real_page_in_chromium(served: str) -> None:
         page.goto(served, wait_until="load")
         page.get_by_text("not a diagnostic device").wait_for()
         page.get_by_role("button", name="Compare").click()
-        page.get_by_text("Summary").wait_for()
+        page.get_by_role("heading", name="Summary", exact=True).wait_for()
         page.get_by_text("not an image").first.wait_for()
         images = page.locator("[data-testid='stMain'] img")
         page.wait_for_function(

@@ -10,12 +10,14 @@ from PIL import Image
 from scipy import stats
 
 from demo.comparison import (
+    ComparisonError,
     ImageItem,
     abnormal_score,
     compare_models,
     compare_preprocessing,
     label_abnormal,
     sample_images,
+    with_labels_file,
 )
 from demo.comparison_stats import MIN_IMAGES, difference_report, split_subgroups, subgroup_rows
 from demo.gallery import gallery
@@ -177,3 +179,22 @@ def test_sample_images_are_the_labelled_gallery() -> None:
     nih = [item for item in items if item.name.startswith("nih_")]
     assert all(item.patient_id and dict(item.groups).keys() == {"sex", "age", "view"} for item in nih)
     assert len(sample_images([shipped[0].path])) == len(items)  # an operator example already shown: once
+
+
+def test_an_uploaded_labels_file_gives_labels_patients_and_subgroups() -> None:
+    items = [ImageItem("a.png", b"x"), ImageItem("b.png", b"y"), ImageItem("c.png", b"z")]
+    text = (
+        "Image Index,Finding Labels,Patient ID,Patient Gender,Patient Age,View Position\n"
+        "some/dir/a.png,No Finding,7,F,52,PA\nb.png,Effusion|Edema,8,M,,AP\n"
+    )
+    a, b, c = with_labels_file(items, text)
+    assert (a.label, a.patient_id, a.groups) == (
+        "No Finding",
+        "7",
+        (("sex", "F"), ("age", "52"), ("view", "PA")),
+    )
+    assert label_abnormal(a.label) == 0.0 and label_abnormal(b.label) == 1.0
+    assert (b.patient_id, b.groups) == ("8", (("sex", "M"), ("view", "AP")))
+    assert c == items[2]  # not in the file: unlabelled, unchanged
+    with pytest.raises(ComparisonError, match="needs a file and a label column; it has: name, x"):
+        with_labels_file(items, "name,x\na.png,1\n")
