@@ -49,10 +49,12 @@ from demo.comparison import (
     compare_preprocessing,
     grid_png,
     images_from_folder,
-    images_from_paths,
+    sample_images,
     to_csv,
+    with_labels_file,
 )
-from demo.examples import EXAMPLES_ENV, example_files
+from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
+from demo.examples import example_files
 from demo.predictor import USER_ERRORS, LoadedModel, Predictor, as_uint8, internal_error
 from trainer.allocator import Profile, tune_allocator
 from trainer.model_source import quote
@@ -66,6 +68,7 @@ MODES = {"models": "Models side by side", "preprocessing": "Preprocessing varian
 SOURCES = ("Examples", "Folder", "Upload")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff", "bmp"]
 CELL_SIDE = 240  # images in the grid are shown (and sent to the browser) at most this wide
+SAMPLES_KEY = "samples"  # the image choice "the sample gallery" (the same files for every visitor)
 FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
 FOLDER_ERRORS: tuple[type[Exception], ...] = (
     OSError,
@@ -155,10 +158,13 @@ def _page(predictor: Predictor) -> None:
         run = st.button("Compare", type="primary", width="stretch", key="run")
 
     settings = (mode, tuple(models), tuple(variants), images_key, target, method)
-    if run:
+    first_open = "comparison" not in st.session_state and images_key == SAMPLES_KEY and mode == "models"
+    if run or (first_open and MIN_MODELS <= len(loaded) == len(models)):
+        # First open on the sample gallery: the labelled comparison at once, heatmap checks on request.
         result = _run(
-            predictor, mode, models, variants, images, None if target == TOP_CLASS else target, method
-        )
+            predictor, mode, models, variants, images, None if target == TOP_CLASS else target, method,
+            checks=bool(run),
+        )  # fmt: skip
         if result is not None:
             st.session_state["comparison"], st.session_state["settings"] = result, settings
     shown: Comparison | None = st.session_state.get("comparison")
@@ -210,15 +216,25 @@ def _image_picker(public: bool) -> tuple[list[ImageItem], object]:
             "Radiographs (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP)", type=UPLOAD_TYPES,
             accept_multiple_files=True,
         )  # fmt: skip
+        labels = st.file_uploader(
+            "Labels (optional CSV: file, labels; patient_id, sex, age, view if known)", type=["csv"],
+            help="Matched to the images by file name: accuracy, AUC, the paired statistics and subgroups.",
+        )  # fmt: skip
         contents = [(f.name, f.getvalue()) for f in uploads or []][:MAX_IMAGES]
         key = tuple(hashlib.sha256(data).hexdigest() for _, data in contents)
-        return [ImageItem(name, data) for name, data in contents], key
-    paths = example_files(limit=MAX_IMAGES)
-    if not paths:
-        st.caption(f"No examples: install pydicom-data or set {EXAMPLES_ENV} to a folder of images.")
-    else:
-        st.caption(f"{len(paths)} examples: " + ", ".join(p.name for p in paths))
-    return images_from_paths(paths), tuple(paths)
+        items = [ImageItem(name, data) for name, data in contents]
+        if labels is None:
+            return items, key
+        text = labels.getvalue().decode("utf-8", errors="replace")
+        try:
+            items = with_labels_file(items, text)
+        except USER_ERRORS as err:
+            st.error(f"Labels not used: {err}")
+        return items, (key, hashlib.sha256(text.encode()).hexdigest())
+    items = sample_images(example_files(limit=MAX_IMAGES))
+    labelled = sum(item.label is not None for item in items)
+    st.caption(f"The sample gallery: {len(items)} radiographs, {labelled} with labels (demo/examples).")
+    return items, SAMPLES_KEY
 
 
 def _load_models(predictor: Predictor, names: Sequence[str]) -> list[LoadedModel]:
@@ -245,6 +261,8 @@ def _run(
     images: list[ImageItem],
     target: str | None,
     method: str,
+    *,
+    checks: bool = True,
 ) -> Comparison | None:
     """Run the comparison with a progress bar; None (and a message in place) when it cannot run."""
     bar = st.progress(0.0, text="Starting…")
@@ -254,12 +272,15 @@ def _run(
 
     try:
         if mode == "models":
-            return compare_models(predictor, models, images, target=target, method=method, progress=progress)
+            return compare_models(
+                predictor, models, images, target=target, method=method, checks=checks, progress=progress
+            )
         if not models:
             raise ValueError("pick the model whose preprocessing variants to compare")
         return compare_preprocessing(
-            predictor, models[0], images, variants=variants, target=target, method=method, progress=progress
-        )
+            predictor, models[0], images, variants=variants, target=target, method=method, checks=checks,
+            progress=progress,
+        )  # fmt: skip
     except USER_ERRORS as err:  # too few models, no images, no variants
         st.error(str(err)[:1].upper() + str(err)[1:])
         return None
@@ -277,8 +298,10 @@ def _show(result: Comparison) -> None:
     if result.labelled:
         st.caption(
             "Accuracy and AUC count only the images whose label matches this model's classes; on a few "
-            "images they say little."
+            "images they say little. Flagged images (unlike the training images) get no decision and are "
+            "left out of both."
         )
+        _difference(result)
     with st.container(horizontal=True):
         st.download_button(
             "Download CSV", to_csv(result), file_name="chexlab-comparison.csv", mime="text/csv",
@@ -292,6 +315,27 @@ def _show(result: Comparison) -> None:
     target = result.target or "each model's top class"
     st.caption(f"{result.method} maps for {target}. Red = the strongest evidence for that class.")
     _grid(result)
+
+
+def _difference(result: Comparison) -> None:
+    """Is the difference real? The paired statistics in words, then the subgroups."""
+    report = difference_report(result)
+    if report is None:
+        return
+    st.subheader("Is the difference real?")
+    st.markdown(report.question)
+    if report.models:
+        st.table(report.auc_rows(), hide_index=True, width="content")
+    for sentence in report.sentences():
+        st.markdown(f"- {_plain(sentence)}")
+    scored, counted = split_subgroups(subgroup_rows(result))
+    if scored or counted:
+        st.subheader("By subgroup")
+        st.caption("Sex, age band and view from the labels, at each model's own decision.")
+        if scored:
+            st.table(scored, hide_index=True, width="content")
+        if counted:
+            st.markdown(_plain(counted))
 
 
 def _grid(result: Comparison) -> None:
@@ -339,9 +383,15 @@ def _cell(cell: Cell, pair: bool) -> None:
         False: ' <span class="chx-wrong">(wrong)</span>',
         None: "",
     }
-    st.markdown(f"**{cell.decision}**{verdict[cell.correct]}", unsafe_allow_html=True)
+    if cell.withheld:
+        flag = '<span class="chx-wrong">**Flagged: no decision.**</span>'
+        st.markdown(f"{flag} {_plain(pred.verdict.warning)}", unsafe_allow_html=True)
+    else:
+        st.markdown(f"**{_plain(cell.decision)}**{verdict[cell.correct]}", unsafe_allow_html=True)
     top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:4]
     st.caption("  \n".join(f"{name}: {p:.2f}" for name, p in top))
+    if cell.check is not None:
+        st.caption(f"Heatmap check: {cell.check_text()}")
     notes = ([cell.note] if cell.note else []) + list(pred.warnings)
     if notes:
         with st.expander(f"Notes ({len(notes)})"):

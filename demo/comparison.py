@@ -20,16 +20,18 @@ import dataclasses
 import io
 import logging
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from demo.cam import overlay
+from demo.cam import model_lock, overlay
+from demo.gallery import gallery
+from demo.heatmap_checks import HeatmapCheck, check_heatmap
 from demo.predictor import (
     USER_ERRORS,
     LoadedModel,
@@ -41,8 +43,9 @@ from demo.predictor import (
     internal_error,
 )
 from trainer.errors import ChexlabError
+from trainer.export import ModelInfo
 from trainer.io import XRay
-from trainer.label_readers import IMAGE_SUFFIXES, read_csv_labels, read_folder_labels
+from trainer.label_readers import IMAGE_SUFFIXES, pick_column, read_csv_labels, read_folder_labels
 from trainer.labels import DataError, LabelTable, loose_key
 from trainer.metrics import evaluate_predictions
 from trainer.model_source import quote
@@ -67,9 +70,16 @@ __all__ = [
     "compare_models",
     "compare_preprocessing",
     "grid_png",
+    "abnormal_score",
+    "gallery_images",
+    "has_abnormal_call",
     "images_from_folder",
     "images_from_paths",
+    "sample_images",
+    "label_abnormal",
+    "label_target",
     "to_csv",
+    "with_labels_file",
 ]
 
 DISCLAIMER = (
@@ -109,6 +119,8 @@ class ImageItem:
     name: str
     source: str | Path | bytes = field(repr=False)
     label: str | None = None  # a class name, or findings joined by "|"; None = unknown
+    patient_id: str | None = None  # images of one patient resample together; None = its own patient
+    groups: tuple[tuple[str, str], ...] = ()  # subgroup column -> value, e.g. (("sex", "F"), ("age", "52"))
 
 
 def images_from_folder(folder: str | Path, *, limit: int = MAX_IMAGES) -> list[ImageItem]:
@@ -139,6 +151,78 @@ def images_from_folder(folder: str | Path, *, limit: int = MAX_IMAGES) -> list[I
             for item, path in zip(images_from_paths(paths), paths, strict=True)
         ]
     return [ImageItem(_display_name(p, root), p, labels.get(p.resolve())) for p in paths]
+
+
+def gallery_images() -> list[ImageItem]:
+    """The sample gallery (`demo.gallery`): labelled radiographs with patient ids, sex, age and view.
+
+    The operator's files, picked by the page, never by a path a visitor names.
+    """
+    return [
+        ImageItem(
+            item.path.name,
+            item.path,
+            item.labels,
+            item.patient_id or None,
+            tuple((k, v) for k, v in (("sex", item.sex), ("age", item.age), ("view", item.view)) if v),
+        )
+        for item in gallery()
+    ]
+
+
+def sample_images(extra: Iterable[str | Path] = ()) -> list[ImageItem]:
+    """What both comparison pages offer as examples: the labelled gallery, then the operator's other example
+    files (`extra`, e.g. CHEXLAB_EXAMPLES) not already in it; at most `MAX_IMAGES`."""
+    items = gallery_images()
+    known = {Path(str(item.source)).resolve() for item in items}
+    others = [path for path in extra if Path(path).resolve() not in known]
+    return (items + images_from_paths(others))[:MAX_IMAGES]
+
+
+def with_labels_file(items: Sequence[ImageItem], text: str) -> list[ImageItem]:
+    """Uploaded images with the labels, patient ids and subgroups of an uploaded CSV, matched by file name.
+
+    The CSV (the visitor's own, read from memory: nothing on the server is looked up) has a file column
+    (file, path, image, filename or NIH's "Image Index"; only the name counts), a label column (labels or
+    label: a class, findings joined by "|", or normal) and optionally patient_id, sex, age and view.
+
+    Raises:
+        ComparisonError: no file or label column.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = list(reader.fieldnames or [])
+    file_col = pick_column(header, "file", ("path", "image", "filename", "Image Index"))
+    label_col = pick_column(header, "labels", ("label", "Finding Labels"))
+    if file_col is None or label_col is None:
+        raise ComparisonError(
+            f"the labels file needs a file and a label column; it has: {', '.join(header) or 'no header'}"
+        )
+    extra = {name: pick_column(header, name, variants) for name, variants in _LABEL_FILE_COLUMNS.items()}
+    by_name = {PurePath(row.get(file_col) or "").name: row for row in reader}
+    labelled = []
+    for item in items:
+        row = by_name.get(PurePath(item.name).name)
+        if row is None:
+            labelled.append(item)
+            continue
+        label = (row.get(label_col) or "").strip() or None  # "No Finding" reads as normal
+        patient = extra["patient_id"]
+        groups = tuple(
+            (name, value)
+            for name in ("sex", "age", "view")
+            if (column := extra[name]) and (value := (row.get(column) or "").strip())
+        )
+        pid = (row.get(patient) or "").strip() if patient else ""
+        labelled.append(dataclasses.replace(item, label=label, patient_id=pid or None, groups=groups))
+    return labelled
+
+
+_LABEL_FILE_COLUMNS = {
+    "patient_id": ("patient", "Patient ID"),
+    "sex": ("Patient Gender", "gender"),
+    "age": ("Patient Age",),
+    "view": ("View Position", "viewposition"),
+}
 
 
 def images_from_paths(paths: Iterable[str | Path]) -> list[ImageItem]:
@@ -228,6 +312,7 @@ class Column:
     preprocessing: str = ""  # the pipeline in words, once the model is loaded
     rule: str = ""  # how the model decides, e.g. "threshold: abnormal 0.83", once loaded
     error: str | None = None  # why the model could not be loaded
+    info: ModelInfo | None = field(default=None, repr=False)  # the loaded model's classes and thresholds
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,21 +321,46 @@ class Cell:
 
     prediction: Prediction | None = None
     error: str | None = None
-    abnormal: bool | None = None  # the model's call; None = no answer, or no normal class to tell by
-    correct: bool | None = None  # against the image's label; None = unlabelled or not comparable
+    abnormal: bool | None = None  # the model's call; None = no answer (or withheld), or no normal class
+    correct: bool | None = None  # against the image's label; None = unlabelled, not comparable or withheld
     note: str | None = None  # e.g. the chosen class is not one of this model's
+    check: HeatmapCheck | None = None  # the heatmap's lung share and deletion drop
+
+    @property
+    def withheld(self) -> bool:
+        """The OOD gate flagged the image: no decision, and no part in decision-based statistics."""
+        return self.prediction is not None and self.prediction.withheld
 
     @property
     def decision(self) -> str:
         if self.prediction is None:
             return ""
+        if self.withheld:
+            return "withheld (flagged)"
         return ", ".join(self.prediction.decided) or "no finding"
 
     def answer(self, by_decision: bool) -> object:
         """What agreement compares: the decided classes (same classes) or the abnormal call."""
-        if self.prediction is None:
+        if self.prediction is None or self.withheld:
             return None
         return tuple(self.prediction.decided) if by_decision else self.abnormal
+
+    def check_lines(self) -> list[str]:
+        """The heatmap checks in short lines: ["lungs 71 % of map (box 48 %)", "drop +0.12 w/o top 20 %"]."""
+        if self.check is None:
+            return []
+        lungs, deletion = self.check.lungs, self.check.deletion
+        if lungs.share is not None and lungs.area is not None:
+            lines = [f"lungs {100 * lungs.share:.0f} % of map (box {100 * lungs.area:.0f} %)"]
+        else:
+            lines = [lungs.note or "no lung share"]
+        if deletion.drop is not None:
+            lines.append(f"drop {deletion.drop:+.2f} w/o top {100 * deletion.removed:.0f} %")
+        return lines
+
+    def check_text(self) -> str:
+        """The heatmap checks in one line."""
+        return ", ".join(self.check_lines())
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,7 +381,8 @@ class ColumnSummary:
     column: str
     analysed: int
     failed: int
-    abnormal_rate: float | None  # share of analysed images called abnormal
+    withheld: int  # analysed images the OOD gate flagged: no decision, left out of accuracy and AUC
+    abnormal_rate: float | None  # share of decided images called abnormal
     labelled: int  # analysed images whose label this model's classes can be compared with
     accuracy: float | None
     auc: float | None
@@ -281,6 +392,7 @@ class ColumnSummary:
             "column": self.column,
             "analysed": self.analysed,
             "failed": self.failed,
+            "flagged": self.withheld,
             "called abnormal": _percent(self.abnormal_rate),
             "labelled": self.labelled,
             "accuracy": _percent(self.accuracy),
@@ -326,21 +438,57 @@ class Comparison:
             rows = [{k: v for k, v in r.items() if k not in ("labelled", "accuracy", "AUC")} for r in rows]
         return rows
 
+    def failed_columns(self) -> dict[str, str]:
+        """Columns without a single result, and why: not loaded, or failed on every image."""
+        failed = {}
+        for c, column in enumerate(self.columns):
+            cells = [row.cells[c] for row in self.rows]
+            if column.error:
+                failed[column.name] = f"not loaded ({column.error})"
+            elif cells and all(cell.prediction is None for cell in cells):
+                readable = [cell for row, cell in zip(self.rows, cells, strict=True) if row.error is None]
+                if readable:  # unreadable images fail every column alike: that is the image's fault
+                    failed[column.name] = f"failed on every image ({readable[0].error or 'no result'})"
+        return failed
+
+    @property
+    def withheld(self) -> int:
+        """Image x column cells the OOD gate flagged (their decisions are withheld)."""
+        return sum(cell.withheld for row in self.rows for cell in row.cells)
+
     def headline(self) -> str:
-        """One sentence on the agreement, for the top of the results; it never hides what was not compared."""
+        """One sentence on the agreement, for the top of the results; it never hides what was not compared.
+
+        Only columns that produced results are compared; a failed column is named with its reason, and
+        images where fewer than two columns gave a decision are counted as not compared.
+        """
         what = "models" if self.mode == "models" else "preprocessing variants"
         basis = "decision" if self.agreement_by == "decision" else "normal/abnormal call"
-        failed = [column.name for column in self.columns if column.error]
-        judged = [row for row in self.rows if sum(cell.prediction is not None for cell in row.cells) >= 2]
+        failed = self.failed_columns()
+        ran = len(self.columns) - len(failed)
+        judged = [row for row in self.rows if sum(cell.answer(True) is not None for cell in row.cells) >= 2]
+        partial = sum(
+            any(cell.prediction is None for column, cell in zip(self.columns, row.cells, strict=True)
+                if column.name not in failed)
+            for row in judged
+        )  # fmt: skip
         missing = len(self.rows) - len(judged)
-        notes = []
-        if failed:
-            notes.append(f"not loaded: {', '.join(failed)}")
+        unloaded = [column.name for column in self.columns if column.error]
+        notes = [f"not loaded: {', '.join(unloaded)}"] if unloaded else []
+        if len(failed) > len(unloaded):
+            notes.append(f"failed on every image: {', '.join(n for n in failed if n not in unloaded)}")
         if missing:
             notes.append(f"{missing} of {len(self.rows)} images could not be compared")
+        if partial:
+            notes.append(f"on {partial} images a column gave no result")
+        if self.withheld:
+            notes.append(f"{self.withheld} decisions withheld for flagged images, not compared")
+        if ran < 2:
+            gave = f"only {ran} of {len(self.columns)} {what} gave results"
+            return f"Nothing to compare: {gave} ({'; '.join(notes)})."
         if not judged:
             return f"Nothing to compare: {'; '.join(notes) or 'no results'}."
-        who = f"the {len(self.columns) - len(failed)} {what} that loaded" if failed else f"the {what}"
+        who = f"only {ran} of the {len(self.columns)} {what} ran, and they" if failed else f"the {what}"
         if self.disagreements:
             count = f"{self.disagreements} of {len(judged)}"
             text = f"{who} disagree on the {basis} for {count} images (shown first)"
@@ -363,6 +511,7 @@ def compare_models(
     target: str | None = None,
     method: str = "Grad-CAM",
     opacity: float = 0.4,
+    checks: bool = True,
     progress: Progress | None = None,
 ) -> Comparison:
     """Run 2-4 models, each with its own preprocessing, on the same images.
@@ -374,6 +523,7 @@ def compare_models(
         target: the class the maps explain where a model has it; None = each model's top class.
         method: a CAM method (`demo.cam.CAM_METHODS`).
         opacity: heatmap opacity in the overlays.
+        checks: add the heatmap checks (lung share, deletion drop: one more forward pass per cell).
         progress: called with (fraction done, message) after every cell.
 
     Raises:
@@ -386,7 +536,7 @@ def compare_models(
             f"pick {MIN_MODELS} to {MAX_MODELS} different models to compare; got {len(names)}"
         )
     columns = [Column(name=_column_name(predictor, name), model=name) for name in names]
-    return _compare(predictor, "models", columns, images, target, method, opacity, progress)
+    return _compare(predictor, "models", columns, images, target, method, opacity, checks, progress)
 
 
 def compare_preprocessing(
@@ -398,6 +548,7 @@ def compare_preprocessing(
     target: str | None = None,
     method: str = "Grad-CAM",
     opacity: float = 0.4,
+    checks: bool = True,
     progress: Progress | None = None,
 ) -> Comparison:
     """Run one model on the same images under several preprocessing variants (`VARIANTS`).
@@ -410,7 +561,7 @@ def compare_preprocessing(
     if unknown or not variants:
         raise ComparisonError(f"unknown preprocessing variants {unknown}; valid: {', '.join(VARIANTS)}")
     columns = [Column(name=variant, model=model, toggles=VARIANTS[variant]) for variant in variants]
-    return _compare(predictor, "preprocessing", columns, images, target, method, opacity, progress)
+    return _compare(predictor, "preprocessing", columns, images, target, method, opacity, checks, progress)
 
 
 def _compare(
@@ -421,6 +572,7 @@ def _compare(
     target: str | None,
     method: str,
     opacity: float,
+    checks: bool,
     progress: Progress | None,
 ) -> Comparison:
     if not images:
@@ -450,14 +602,16 @@ def _compare(
                 if read_error is not None:
                     cells.append(Cell(error=read_error))
                 else:
-                    cells.append(_cell(predictor, model, column, item, target, method, opacity))
+                    cells.append(_cell(predictor, model, column, item, target, method, opacity, checks))
                 done += 1
                 report(done / total, f"{column.name} on {item.name}")
             ran = next((cell.prediction.pipeline for cell in cells if cell.prediction is not None), None)
-            if ran is not None:
-                columns[index] = Column(
-                    column.name, column.model, column.toggles, describe_pipeline(ran), _rule(model)
-                )
+            columns[index] = dataclasses.replace(
+                column,
+                preprocessing=describe_pipeline(ran) if ran is not None else "",
+                rule=_rule(model) if ran is not None else "",
+                info=model.info,
+            )
         grid.append(cells)
 
     outputs = {tuple(m.outputs) for m in loaded if m is not None}
@@ -524,6 +678,7 @@ def _cell(
     target: str | None,
     method: str,
     opacity: float,
+    checks: bool,
 ) -> Cell:
     own_target = target if target in model.outputs else None
     note = None
@@ -539,11 +694,28 @@ def _cell(
     except Exception as err:
         log.exception("%s on %s failed", column.name, item.name)
         return Cell(error=internal_error(err))
-    truth = _truth(model, item.label)
-    correct = None if truth is None else frozenset(prediction.decided) == _truth_set(model, truth)
-    return Cell(
-        _shrunk(prediction), abnormal=_abnormal(model, prediction.decided), correct=correct, note=note
-    )
+    check = _heatmap_check(model, prediction) if checks else None
+    if prediction.withheld:  # the gate flagged the image: no decision to call right or wrong
+        return Cell(_shrunk(prediction), note=note, check=check)
+    truth = label_target(model.info, item.label)
+    correct = None if truth is None else frozenset(prediction.decided) == _truth_set(model.info, truth)
+    abnormal = _abnormal(model.info, prediction.decided)
+    return Cell(_shrunk(prediction), abnormal=abnormal, correct=correct, note=note, check=check)
+
+
+def _heatmap_check(model: LoadedModel, prediction: Prediction) -> HeatmapCheck | None:
+    """The lung share and deletion drop of the prediction's heatmap (None, logged, if the check fails)."""
+    try:
+        tensor = model.transform.normalise(prediction.model_input)
+        index = model.target_index(prediction.target)
+        with model_lock(model.model):  # another request's CAM hooks may sit on this model
+            return check_heatmap(
+                model.model, prediction.model_input, tensor, prediction.heatmap, task=model.task,
+                target_index=0 if index is None else index, calibration=model.info.calibration,
+            )  # fmt: skip
+    except Exception:  # the check is an extra: a failure must not cost the prediction
+        log.exception("heatmap check of %s failed", model.name)
+        return None
 
 
 def _shrunk(prediction: Prediction, side: int = THUMBNAIL_SIDE) -> Prediction:
@@ -572,17 +744,71 @@ def _is_normal(name: str) -> bool:
     return loose_key(name) in NORMAL_NAMES
 
 
-def _abnormal(model: LoadedModel, decided: Sequence[str]) -> bool | None:
+def _outputs(info: ModelInfo) -> list[str]:
+    return Task.parse(info.task).output_names(info.label_names, info.negative_name)
+
+
+def _abnormal(info: ModelInfo, decided: Sequence[str]) -> bool | None:
     """Whether a decision calls the image abnormal (None: a multi-class model without a normal class)."""
-    if model.task.single_logit:
-        positive = model.outputs[0]
+    task, outputs = Task.parse(info.task), _outputs(info)
+    if task.single_logit:
+        positive = outputs[0]
         return decided[0] == positive if not _is_normal(positive) else decided[0] != positive
-    if model.task.exclusive and not any(_is_normal(name) for name in model.outputs):
+    if not has_abnormal_call(info):
         return None
     return any(not _is_normal(name) for name in decided)
 
 
-def _truth(model: LoadedModel, label: str | None) -> float | int | np.ndarray | None:
+def has_abnormal_call(info: ModelInfo) -> bool:
+    """Whether the model tells normal from abnormal (not so: a multi-class model without a normal class)."""
+    return not Task.parse(info.task).exclusive or any(_is_normal(name) for name in _outputs(info))
+
+
+def abnormal_score(info: ModelInfo, probabilities: Mapping[str, float]) -> float | None:
+    """A score for "abnormal" comparable across models, with the model's own call at exactly 0.5.
+
+    Each probability is stretched piecewise-linearly so that its threshold lands on 0.5 (a monotone map:
+    AUCs are unchanged); binary: the positive class's; multi-label: the highest over the findings, so the
+    score reaches 0.5 when any finding reaches its threshold; multi-class: the best abnormal class against
+    the normal one, m / (m + P(normal)), above 0.5 when an abnormal class wins. None: a multi-class model
+    without a normal class, which has no abnormal call.
+    """
+    task, outputs = Task.parse(info.task), _outputs(info)
+    if task.single_logit:
+        positive = outputs[0]
+        score = _stretched(probabilities[positive], info.thresholds[0])
+        return 1.0 - score if _is_normal(positive) else score
+    if task.exclusive:
+        normal = next((name for name in outputs if _is_normal(name)), None)
+        if normal is None:
+            return None
+        best = max(p for name, p in probabilities.items() if name != normal)
+        total = best + probabilities[normal]
+        return 0.5 if total <= 0 else best / total
+    findings = [
+        _stretched(probabilities[name], cut)
+        for name, cut in zip(info.label_names, info.thresholds, strict=True)
+        if not _is_normal(name)
+    ]
+    return max(findings, default=0.0)
+
+
+def _stretched(p: float, threshold: float) -> float:
+    """p mapped monotonically onto [0, 1] with `threshold` at 0.5."""
+    if p < threshold:
+        return 0.5 * p / threshold
+    return 0.5 + (0.5 * (p - threshold) / (1.0 - threshold) if threshold < 1.0 else 0.0)
+
+
+def label_abnormal(label: str | None) -> float | None:
+    """A label as "abnormal?" (1.0 / 0.0): normal names are 0, any other label is 1; None = unlabelled."""
+    names = {loose_key(part) for part in (label or "").split("|") if part.strip()}
+    if not names:
+        return None
+    return 0.0 if all(name in NORMAL_NAMES for name in names) else 1.0
+
+
+def label_target(info: ModelInfo, label: str | None) -> float | int | np.ndarray | None:
     """An image label as this model's target (the metrics' shapes), or None when the label does not map.
 
     Binary: 1/0 by the positive or negative name, a normal label is 0, and any other label is 1 when the
@@ -593,16 +819,16 @@ def _truth(model: LoadedModel, label: str | None) -> float | int | np.ndarray | 
         return None
     names = {loose_key(part) for part in label.split("|") if part.strip()}
     normal = bool(names) and all(name in NORMAL_NAMES for name in names)
-    info = model.info
+    task = Task.parse(info.task)
     keys = [loose_key(name) for name in info.label_names]
-    if model.task.single_logit:
-        negative = loose_key(model.outputs[1])
+    if task.single_logit:
+        negative = loose_key(_outputs(info)[1])
         if keys[0] in names:
             return 1.0
         if negative in names or (normal and negative in NORMAL_NAMES):
             return 0.0
         return 1.0 if keys[0] in ABNORMAL_NAMES and not normal else None
-    if model.task.exclusive:
+    if task.exclusive:
         for index, key in enumerate(keys):
             if key in names or (normal and key in NORMAL_NAMES):
                 return index
@@ -613,12 +839,13 @@ def _truth(model: LoadedModel, label: str | None) -> float | int | np.ndarray | 
     return hits if hits.any() else None
 
 
-def _truth_set(model: LoadedModel, truth: float | int | np.ndarray) -> frozenset[str]:
-    """The classes a correct decision names, for a target from `_truth`."""
-    info = model.info
-    if model.task.single_logit:
-        return frozenset({model.outputs[0] if truth == 1 else model.outputs[1]})
-    if model.task.exclusive:
+def _truth_set(info: ModelInfo, truth: float | int | np.ndarray) -> frozenset[str]:
+    """The classes a correct decision names, for a target from `label_target`."""
+    task = Task.parse(info.task)
+    if task.single_logit:
+        outputs = _outputs(info)
+        return frozenset({outputs[0] if truth == 1 else outputs[1]})
+    if task.exclusive:
         return frozenset({info.label_names[int(truth)]})
     hits = np.asarray(truth).reshape(-1)
     return frozenset(name for name, hit in zip(info.label_names, hits, strict=True) if hit == 1)
@@ -628,6 +855,7 @@ def _summary(
     column: Column, model: LoadedModel | None, cells: list[Cell], images: list[ImageItem]
 ) -> ColumnSummary:
     done = [(cell, image) for cell, image in zip(cells, images, strict=True) if cell.prediction is not None]
+    withheld = sum(cell.withheld for cell, _ in done)
     calls = [cell.abnormal for cell, _ in done if cell.abnormal is not None]
     labelled = [(cell, image) for cell, image in done if cell.correct is not None]
     accuracy = float(np.mean([cell.correct for cell, _ in labelled])) if labelled else None
@@ -636,6 +864,7 @@ def _summary(
         column=column.name,
         analysed=len(done),
         failed=len(cells) - len(done),
+        withheld=withheld,
         abnormal_rate=float(np.mean(calls)) if calls else None,
         labelled=len(labelled),
         accuracy=accuracy,
@@ -646,7 +875,7 @@ def _summary(
 def _auc(model: LoadedModel, labelled: list[tuple[Prediction, ImageItem]]) -> float | None:
     """The model's AUC on the labelled images (macro / mean over findings); None where undefined."""
     info = model.info
-    targets = [_truth(model, image.label) for _, image in labelled]
+    targets = [label_target(info, image.label) for _, image in labelled]
     probs = [[pred.probabilities[name] for name in info.label_names] for pred, _ in labelled]
     try:
         metrics = evaluate_predictions(
@@ -736,7 +965,7 @@ def grid_png(comparison: Comparison, *, side: int = 192) -> bytes:
     pair = comparison.mode == "preprocessing"
     cell_w = side * (2 if pair else 1) + 12
     first_w = side + 12
-    text_lines = 5
+    text_lines = 6
     header_h = 3 * line + 12
     row_h = side + text_lines * line + 16
     footer_h = 2 * line + 12
@@ -813,12 +1042,19 @@ def _draw_cell(
     ty = y + side + 4
     # The default font has no check marks: say it in words.
     verdict, colour = {True: (" (right)", _GREEN), False: (" (wrong)", _RED), None: ("", _INK)}[cell.correct]
+    if cell.withheld:
+        colour = _RED
     draw.text((x, ty), _fit(cell.decision + verdict, width, bold), font=bold, fill=colour)
-    top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:3]
+    top = sorted(pred.probabilities.items(), key=lambda item: -item[1])[:2]
     for k, (name, p) in enumerate(top):
         draw.text((x, ty + (k + 1) * line), _fit(f"{name}: {p:.2f}", width, font), font=font, fill=_INK)
-    if cell.note:
-        draw.text((x, ty + 4 * line), _fit(cell.note, width, font), font=font, fill=_MUTED)
+    for k, text in enumerate(cell.check_lines()):
+        draw.text((x, ty + (3 + k) * line), _fit(text, width, font), font=font, fill=_MUTED)
+    note = pred.verdict.warning if cell.withheld else cell.note
+    if note:
+        draw.text(
+            (x, ty + 5 * line), _fit(note, width, font), font=font, fill=_RED if cell.withheld else _MUTED
+        )
 
 
 def _gray(image: np.ndarray, side: int) -> Image.Image:

@@ -6,10 +6,12 @@ only Gradio. `compare_page(app)` lays it out inside `build_demo`; the handlers a
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from demo.cam import CAM_METHODS, SLOW_METHODS
 from demo.comparison import DISCLAIMER as COMPARE_DISCLAIMER
@@ -18,27 +20,32 @@ from demo.comparison import (
     MAX_MODELS,
     MIN_MODELS,
     VARIANTS,
+    Comparison,
     ImageItem,
     class_options,
     compare_models,
     compare_preprocessing,
     grid_png,
-    images_from_paths,
+    sample_images,
     to_csv,
 )
+from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
 from demo.gradio_handlers import DEFAULT_METHOD, TOP_CLASS, App, bind, save_files
 from demo.predictor import USER_ERRORS, LoadedModel, internal_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "compare", "compare_classes", "compare_page", "switch_mode"]
+__all__ = ["MODES", "compare", "compare_classes", "compare_page", "first_open", "switch_mode"]
 
 MODES = {"Models side by side": "models", "Preprocessing variants of one model": "preprocessing"}
 INTRO = (
     "The same radiographs through 2-4 models, or through one model with different preprocessing: each "
     "model's decision, probabilities and class activation map side by side, the images where they disagree "
-    "first. The same comparison as the Streamlit page (`streamlit run demo/compare.py`)."
+    "first. The same comparison as the Streamlit page (`streamlit run demo/compare.py`). It opens on the "
+    "labelled sample gallery, so accuracy, AUC and whether a difference is real show at once."
 )
+_first_open_lock = threading.Lock()
+_first_open_results: dict[int, Comparison] = {}  # id(predictor) -> the first-open comparison
 
 
 def compare_page(app: App, model_runs: str) -> None:
@@ -66,9 +73,10 @@ def compare_page(app: App, model_runs: str) -> None:
                 label="Radiographs: DICOM, PNG (8/16-bit), JPEG, TIFF or BMP", file_count="multiple",
                 type="filepath", height=120, elem_id="compare-upload",
             )  # fmt: skip
+            examples = _examples(app)
             use_examples = gr.Checkbox(
-                bool(app.examples), label=f"Add the {len(app.examples)} example images",
-                visible=bool(app.examples),
+                bool(examples), label=f"Use the {len(examples)} sample radiographs (labelled)",
+                visible=bool(examples), elem_id="compare-gallery",
             )  # fmt: skip
             target = gr.Dropdown(
                 [TOP_CLASS], value=TOP_CLASS, allow_custom_value=True, label="Explain the class"
@@ -77,9 +85,10 @@ def compare_page(app: App, model_runs: str) -> None:
             run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=8, min_width=420):
             headline = gr.Markdown(
-                "Pick the models and the images, then press **Compare**.", elem_id="compare-headline"
+                "Comparing the first models on the sample gallery…", elem_id="compare-headline"
             )
             summary = gr.Dataframe(label="Summary per model", interactive=False, elem_id="compare-summary")
+            stats = gr.Markdown(elem_id="compare-stats")
             with gr.Row():
                 csv_file = gr.DownloadButton("Download CSV", size="md", elem_id="compare-csv")
                 png_file = gr.DownloadButton("Download grid (PNG)", size="md", elem_id="compare-png")
@@ -103,10 +112,15 @@ def compare_page(app: App, model_runs: str) -> None:
         concurrency_id=model_runs,
         api_visibility="private",
     )
+    if Context.root_block is not None and examples and len(choices) >= MIN_MODELS:
+        Context.root_block.load(
+            bind(first_open, app), None, [headline, summary, stats, grid, csv_file, png_file],
+            concurrency_id=model_runs, api_visibility="private",
+        )  # fmt: skip
     run.click(
         bind(compare, app),
         [mode, models, one_model, variants, uploads, use_examples, target, method],
-        [headline, summary, grid, csv_file, png_file],
+        [headline, summary, stats, grid, csv_file, png_file],
         api_name="compare",
         concurrency_id=model_runs,
     )
@@ -147,11 +161,12 @@ def compare(
 ) -> tuple[Any, ...]:
     """Compare models (or preprocessing variants) on the uploaded images and/or the examples.
 
-    Returns the headline, the summary table, the grid PNG, and the CSV and PNG files to download.
+    Returns the headline, the summary table, "is the difference real?" (Markdown), the grid PNG, and the CSV
+    and PNG files to download.
     """
     # Uploads are the visitor's own files: no labels are looked up beside them on the server.
     items = [ImageItem(Path(path).name, path) for path in files or []][:MAX_IMAGES]
-    items += images_from_paths(app.examples if add_examples else [])
+    items += _examples(app) if add_examples else []
     options: dict[str, Any] = {
         "target": None if target_class in (None, "", TOP_CLASS) else target_class,
         "method": cam_method,
@@ -168,9 +183,66 @@ def compare(
         log.exception("the comparison failed")
         raise gr.Error(f"The comparison failed: {internal_error(err)}.", title="Unexpected error",
                        print_exception=False) from None  # fmt: skip
+    return _outputs(app, result)
+
+
+def first_open(app: App) -> tuple[Any, ...]:
+    """What the page shows on first open: the first offered models on the sample gallery, with labels.
+
+    The same for every visitor (the operator's models and files), so it is computed once per predictor;
+    the heatmap checks are left to the **Compare** button to keep the first open quick.
+    """
+    with _first_open_lock:
+        key = id(app.predictor)
+        if key not in _first_open_results:
+            try:
+                _first_open_results[key] = compare_models(
+                    app.predictor, app.predictor.choices()[:MIN_MODELS], _examples(app), checks=False
+                )
+            except USER_ERRORS as err:
+                return (
+                    f"Pick the models and the images, then press **Compare**. ({err})",
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+        result = _first_open_results[key]
+    return _outputs(app, result, note=FIRST_OPEN_NOTE)
+
+
+FIRST_OPEN_NOTE = "Heatmap checks (lung share, drop) are added when you press **Compare**."
+
+
+def _examples(app: App) -> list[ImageItem]:
+    return sample_images(app.examples)
+
+
+def _outputs(app: App, result: Comparison, note: str = "") -> tuple[Any, ...]:
+    """The headline, the summary table, the paired statistics and subgroups, the grid and the downloads."""
     png, text = grid_png(result), to_csv(result)
     folder = save_files(app, {"chexlab-comparison.png": png, "chexlab-comparison.csv": text.encode()})
     png_path, csv_path = folder / "chexlab-comparison.png", folder / "chexlab-comparison.csv"
     rows = result.summary_rows()
     table = {"headers": list(rows[0]), "data": [list(row.values()) for row in rows]}
-    return f"**{result.headline()}**", table, str(png_path), str(csv_path), str(png_path)
+    parts = []
+    report = difference_report(result)
+    if report is not None:
+        parts += [report.markdown(), _markdown_table(report.auc_rows())]
+    scored, counted = split_subgroups(subgroup_rows(result))
+    if scored or counted:
+        parts.append("**By subgroup** (sex, age band, view from the labels)")
+        parts += [_markdown_table(scored), counted]
+    if note:
+        parts.append(f"_{note}_")
+    stats = "\n\n".join(part for part in parts if part)
+    return f"**{result.headline()}**", table, stats, str(png_path), str(csv_path), str(png_path)
+
+
+def _markdown_table(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[k]).replace("|", "/") for k in header) + " |" for row in rows]
+    return "\n".join(lines)

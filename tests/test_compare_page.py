@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from demo.comparison import sample_images
 from tests.conftest import REPO_ROOT
 from tests.demo_support import ARTIFACTS, chromium, free_port, save_tiny_model, write_inputs
 
@@ -68,6 +69,49 @@ def test_page_opens_with_the_chosen_models_and_the_disclaimer(env: dict[str, Pat
     assert any("not a diagnostic device" in text for text in _texts(at.warning))
     assert any("press **Compare**" in text for text in _texts(at.info))
     assert at.text_input[0].value == str(env["images"])
+
+
+@pytest.fixture
+def gallery_env(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """No preset folder: the page opens on the sample gallery."""
+    monkeypatch.setenv("CHEXLAB_COMPARE_MODELS", f"{setup['a']},{setup['b']}")
+    monkeypatch.delenv("CHEXLAB_COMPARE_FOLDER", raising=False)
+    monkeypatch.setenv("CHEXLAB_EXAMPLES", "")
+    monkeypatch.setenv("CHEXLAB_PUBLIC", "0")
+    return setup
+
+
+def test_first_open_shows_the_gallery_accuracy_auc_and_the_paired_statement(
+    gallery_env: dict[str, Path],
+) -> None:
+    at = _page()  # no button pressed
+    summary = at.dataframe[0].value
+    assert list(summary["column"]) == ["tiny-binary", "tiny-classes"]
+    assert list(summary["analysed"]) == [len(sample_images())] * 2
+    # The binary model answers every labelled image; the 3-class one's names match only "normal" (one class:
+    # no AUC), which the table shows as a blank rather than a number.
+    assert list(summary["labelled"]) == [17, 6] and summary["AUC"][0] != "" and summary["AUC"][1] == ""
+    assert all(summary["accuracy"] != "")
+    assert "Is the difference real?" in [str(h.value) for h in at.subheader]
+    markdown = " ".join(_texts(at.markdown))
+    assert "is the image abnormal?" in markdown and "McNemar" in markdown
+    assert any("bootstrap resamples" in text for text in _texts(at.markdown))
+    assert "By subgroup" in [str(h.value) for h in at.subheader]
+    assert any("sample gallery" in text for text in _texts(at.caption))
+    assert not any("settings changed" in text for text in _texts(at.info))
+
+
+def test_first_open_in_public_mode_offers_no_folder_box(
+    gallery_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHEXLAB_PUBLIC", "1")
+    at = _page()
+    assert not at.text_input  # no folder to type, and no preset folder: only the gallery and uploads
+    assert at.radio[1].options == ["Examples", "Upload"]
+    assert list(at.dataframe[0].value["column"]) == ["tiny-binary", "tiny-classes"]
+    body = " ".join(str(e.value) for e in [*at.markdown, *at.caption, *at.error, *at.info, *at.success])
+    assert "Is the difference real?" in [str(h.value) for h in at.subheader]
+    assert str(gallery_env["root"]) not in body and "/demo/examples" not in body  # names, never paths
 
 
 def test_compare_produces_the_grid_summary_and_downloads(env: dict[str, Path]) -> None:
@@ -148,7 +192,7 @@ def test_gradio_compare_page_shares_the_comparison(setup: dict[str, Path], tmp_p
     images = sorted(setup["images"].glob("*.png")) + sorted(setup["images"].glob("*.dcm"))
     with serve(lambda: build_demo(predictor, examples=images), tmp_path / "cache") as url:
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        headline, table, grid, csv_path, png_path = client.predict(
+        headline, table, stats, grid, csv_path, png_path = client.predict(
             "Models side by side", ["tiny-binary", "tiny-classes"], None, [],
             [handle_file(str(images[0]))], True, "Top class", "Grad-CAM", api_name="/compare",
         )  # fmt: skip
@@ -158,12 +202,39 @@ def test_gradio_compare_page_shares_the_comparison(setup: dict[str, Path], tmp_p
                 api_name="/compare",
             )  # fmt: skip
     assert "disagree" in headline or "agree" in headline
+    assert "**Is the difference real?**" in stats  # the gallery's labels: the paired statistics
     assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]
-    # One upload and the three examples, one of which (notes.png) is unreadable.
-    assert [row[1:3] for row in table["data"]] == [[3, 1], [3, 1]]
+    # One upload, the gallery and the operator's three examples, one of which (notes.png) is unreadable.
+    shown = 1 + len(sample_images(images))
+    assert [row[1:3] for row in table["data"]] == [[shown - 1, 1], [shown - 1, 1]]
     assert Path(grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(png_path).stat().st_size > 0
     lines = Path(csv_path).read_text().splitlines()
-    assert lines[0].startswith("image,label,column") and len(lines) == 1 + 4 * 2
+    assert lines[0].startswith("image,label,column") and len(lines) == 1 + shown * 2
+
+
+def test_gradio_compare_page_opens_on_the_labelled_gallery(setup: dict[str, Path]) -> None:
+    """The first-open handler: the first two offered models on the gallery, with accuracy, AUC and the
+    paired statement; computed once and shown to every visitor alike."""
+    from demo.gradio_compare import first_open
+    from demo.gradio_handlers import App
+    from demo.predictor import Predictor
+
+    predictor = Predictor({"tiny-binary": setup["a"], "tiny-classes": setup["b"]}, max_pixels=5_000_000)
+    app = App(predictor, download_dir=setup["root"] / "downloads")
+    headline, table, stats, grid, csv_path, _ = first_open(app)
+    assert table["headers"][:2] == ["column", "analysed"] and {"accuracy", "AUC"} <= set(table["headers"])
+    assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]
+    assert [row[table["headers"].index("AUC")] != "" for row in table["data"]] == [True, False]
+    assert "agree" in headline or "disagree" in headline
+    labelled = sum(item.label is not None for item in sample_images())
+    assert (
+        f"**Is the difference real?** Compared on {labelled} labelled images, on the question every" in stats
+    )
+    assert "happens by chance in" in stats or "cannot be compared" in stats
+    assert "McNemar's test" in stats and "**By subgroup**" in stats and "Counts only (groups of" in stats
+    assert Path(grid).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "nih_00001823_000.png" in Path(csv_path).read_text()
+    assert first_open(app)[2] == stats  # the same comparison again, not a new run
 
 
 # ------------------------------------------------------------------------------------------- browser
@@ -211,7 +282,7 @@ def test_real_page_in_chromium(served: str) -> None:
         page.goto(served, wait_until="load")
         page.get_by_text("not a diagnostic device").wait_for()
         page.get_by_role("button", name="Compare").click()
-        page.get_by_text("Summary").wait_for()
+        page.get_by_role("heading", name="Summary", exact=True).wait_for()
         page.get_by_text("not an image").first.wait_for()
         images = page.locator("[data-testid='stMain'] img")
         page.wait_for_function(

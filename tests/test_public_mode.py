@@ -149,7 +149,7 @@ def test_paths_get_the_same_answer_through_the_api(server: str, root: Path) -> N
     image = handle_file(str(root / "inputs" / "chest.png"))
 
     def compare(text: str) -> str:  # /compare answers in place: its headline and its CSV
-        headline, _, _, csv_path, _ = client.predict(
+        headline, _, _, _, csv_path, _ = client.predict(
             "Models side by side", ["tiny", text], None, [], [image], False, "Top class", "Grad-CAM",
             api_name="/compare",
         )  # fmt: skip

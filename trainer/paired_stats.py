@@ -289,13 +289,17 @@ def _percent(share: float) -> str:
     return f"{100 * share:.0f} %" if share >= 0.005 else "fewer than 1 %"
 
 
+def _images(count: int) -> str:
+    return f"{count} image{'s' if count != 1 else ''}"
+
+
 def _with_mcnemar(sentence: str, a: str, b: str, test: McNemar | None) -> str:
     if test is None:
         return sentence
     if test.only_a + test.only_b == 0:
         return f"{sentence} Their decisions are right and wrong on the same images."
     return (
-        f"{sentence} On the decisions, {b} is right on {test.only_b} images where {a} is wrong, and {a} on "
+        f"{sentence} On the decisions, {b} is right on {_images(test.only_b)} where {a} is wrong, and {a} on "
         f"{test.only_a} where {b} is wrong; if both were equally good, a split at least this uneven would "
         f"happen by chance in {_percent(test.p_value)} of cases (McNemar's test, {test.method})."
     )
