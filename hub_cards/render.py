@@ -2,10 +2,14 @@
 
 The card is one Jinja template (`model_card.md.j2`) filled from plain data only: the run folder's
 `config.yaml` (with its `card:` section, see `CardInfo`), `run.json`, `metrics.json` and, when present,
-`model/config.json`. Nothing here imports torch or the trainer beyond `trainer.task` (which needs neither),
-so a card can be rendered (and re-rendered before a push) anywhere. The YAML front matter is built with
-huggingface_hub's `ModelCardData` and `EvalResult`, so the Hub reads the licence, tags and every headline
-metric of both evaluation splits.
+`model/config.json`. metrics.json holds "val" and "test" (`trainer.metrics.evaluate_predictions`) and, for
+runs that have them, "calibration" (`trainer.calibration.Calibration.to_dict()`, its "metrics" per split
+{"before", "after", "ece_chance_95"}), "ood" (`trainer.ood.FeatureStatistics.config_entry()` plus
+"test_flagged", the share of test images the gate flags, and "n_test") and "subgroups"
+(`trainer.subgroups`); a card leaves out the sections of keys a run lacks. Nothing here imports torch or the
+trainer beyond `trainer.task` (which needs neither), so a card can be rendered (and re-rendered before a
+push) anywhere. The YAML front matter is built with huggingface_hub's `ModelCardData` and `EvalResult`, so
+the Hub reads the licence, tags and every headline metric of both evaluation splits.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from trainer.task import Task
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("model_card.md.j2")
-PLOTS = ("roc.png", "confusion.png", "training_curves.png")
+PLOTS = ("roc.png", "confusion.png", "training_curves.png", "reliability.png")
 BASE_TAGS = ("chest-x-ray", "medical-imaging", "radiology", "chexlab")
 # (metrics.json key, model-index metric type, display name)
 HEADLINE_METRICS = (
@@ -44,6 +48,19 @@ HEADLINE_METRICS = (
 # The Hub's metric types name sensitivity and PPV differently: say both in the results table.
 TABLE_NAMES = {"sensitivity": "Sensitivity (recall)", "ppv": "PPV (precision)"}
 SPLITS = (("test", "test", "Test"), ("val", "validation", "Validation"))  # (metrics.json, Hub, display)
+# (calibration metric key, model-index metric type, display name): the calibrated test split's in the index
+CALIBRATION_METRICS = (
+    ("ece", "ece", "ECE (15 bins)"),
+    ("brier", "brier", "Brier score"),
+    ("nll", "nll", "NLL"),
+)
+CALIBRATION_WORDS = {
+    "temperature": "temperature scaling: the logits are divided by one fitted temperature T",
+    "temperature+offset": (
+        "temperature scaling with an offset (Platt scaling): each sigmoid output's logit z becomes z / T + b"
+    ),
+}
+SUBGROUP_TITLES = {"sex": "Sex", "patientsex": "Sex", "gender": "Sex", "view": "View", "viewposition": "View"}
 # Below this many test images, the card says plainly that the intervals are wide.
 SMALL_TEST_SET = 1000
 # Anything shaped like a Hugging Face access token must never reach a card.
@@ -288,6 +305,24 @@ def _eval_results(
                     metric_value=round(float(value), 4),
                 )
             )
+    per_split = (metrics.get("calibration") or {}).get("metrics") or {}
+    calibrated_test = (per_split.get("test") or {}).get("after")
+    for metric_key, metric_type, display in CALIBRATION_METRICS[:2]:
+        value = (calibrated_test or {}).get(metric_key)
+        if value is None:
+            continue
+        results.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name=task_name,
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split="test",
+                metric_type=metric_type,
+                metric_name=f"{display}, calibrated (test)",
+                metric_value=round(float(value), 4),
+            )
+        )
     return results
 
 
@@ -358,6 +393,86 @@ def _operating_point(config: dict[str, Any], split: dict[str, Any]) -> str:
         f"Each finding is called present when its probability reaches its own threshold (per-class table), "
         f"chosen by {how}. The test numbers use these thresholds unchanged."
     )
+
+
+def _calibration_context(calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The card's calibration section: method in words, fitted values, before/after rows per split."""
+    if not calibration or calibration.get("method", "none") == "none":
+        return None
+    per_split = calibration.get("metrics") or {}
+    rows = []
+    for key, _, display in SPLITS[::-1]:  # validation first: it is what the calibration was fitted on
+        entry = per_split.get(key)
+        if not entry:
+            continue
+        before, after = entry.get("before") or {}, entry.get("after") or {}
+        row = {"split": display, "n": str(after.get("n", before.get("n", "")))}
+        for metric_key, _, _ in CALIBRATION_METRICS:
+            row[f"{metric_key}_before"] = _num(before.get(metric_key))
+            row[f"{metric_key}_after"] = _num(after.get(metric_key))
+        row["ece_chance"] = _num(entry.get("ece_chance_95"))
+        rows.append(row)
+    temperatures = [float(t) for t in calibration.get("temperatures") or []]
+    offsets = [float(b) for b in calibration.get("offsets") or []]
+    test = per_split.get("test") or {}
+    after_ece, chance = (test.get("after") or {}).get("ece"), test.get("ece_chance_95")
+    return {
+        "method": calibration.get("method"),
+        "words": CALIBRATION_WORDS.get(calibration.get("method", ""), str(calibration.get("method"))),
+        "fitted_on": calibration.get("fitted_on") or "validation",
+        "n_images": calibration.get("n_images"),
+        "temperature_values": ", ".join(f"{t:.3f}" for t in temperatures),
+        "offsets": ", ".join(f"{b:+.3f}" for b in offsets),
+        "several": len(temperatures) > 1,
+        "rows": rows,
+        "within_chance": None if after_ece is None or chance is None else after_ece <= chance,
+    }
+
+
+def _ood_context(ood: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The card's out-of-distribution section: the score, its threshold and what it flags."""
+    if not ood or ood.get("threshold") is None:
+        return None
+    flagged = ood.get("test_flagged")
+    return {
+        "score": ood.get("score", "?"),
+        "threshold": _num(ood.get("threshold"), 2),
+        "pass_pct": f"{100 * float(ood.get('pass_rate', 0.99)):g}",
+        "n_train": ood.get("n_train"),
+        "n_val": ood.get("n_val"),
+        "feature_dim": ood.get("feature_dim"),
+        "test_flagged_pct": None if flagged is None else f"{100 * float(flagged):.1f}",
+        "n_test": ood.get("n_test"),
+    }
+
+
+def _subgroup_title(column: str) -> str:
+    key = re.sub(r"[^a-z0-9]", "", column.lower())
+    if key in SUBGROUP_TITLES:
+        return SUBGROUP_TITLES[key]
+    if key in ("age", "patientage", "ageyears", "ageinyears", "anchorage"):  # as trainer.subgroups bands them
+        return "Age band (years)"
+    return column.replace("_", " ").capitalize()
+
+
+def _subgroups_context(subgroups: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One table per metadata column: per group the counts, AUC, sensitivity and specificity with CIs."""
+    tables = []
+    for column, groups in ((subgroups or {}).get("columns") or {}).items():
+        rows = [
+            {
+                "group": entry.get("group", "?"),
+                "n_images": str(entry.get("n_images", "")),
+                "n_patients": str(entry.get("n_patients", "")),
+                "auc": _with_ci(entry.get("auc")),
+                "sensitivity": _with_ci(entry.get("sensitivity")),
+                "specificity": _with_ci(entry.get("specificity")),
+                "note": entry.get("note") or "",
+            }
+            for entry in groups
+        ]
+        tables.append({"column": column, "title": _subgroup_title(column), "rows": rows})
+    return tables
 
 
 def _head_words(head: Any) -> str:
@@ -548,5 +663,9 @@ def _context(run_dir: Path, repo_id: str | None) -> dict[str, Any]:
         "confusion": _confusion_table(test) if test else None,
         "operating_point": _operating_point(config, reference),
         "plots": [name for name in PLOTS if (run_dir / "plots" / name).is_file()],
+        "calibration": _calibration_context(metrics.get("calibration")),
+        "ood": _ood_context(metrics.get("ood")),
+        "subgroups": _subgroups_context(metrics.get("subgroups")),
+        "subgroup_min_images": (metrics.get("subgroups") or {}).get("min_images"),
         "limitations": _limitations(info, task, dataset_name, test, data),
     }

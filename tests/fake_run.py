@@ -72,6 +72,60 @@ def fake_metrics(task: Task | str, n: int, seed: int) -> dict[str, Any]:
     return evaluate_predictions(task, LABELS[task], y, p, patients, thresholds, n_bootstrap=100, seed=seed)
 
 
+def trust_sections(task: Task | str, seed: int = 3) -> dict[str, Any]:
+    """metrics.json's "calibration", "ood" and "subgroups" sections, from the real trainer functions."""
+    from trainer.calibration import calibrate, compare_calibration
+    from trainer.subgroups import subgroup_metrics
+
+    task = Task.parse(task)
+    rng = np.random.default_rng(seed)
+    splits = {name: _predictions(task, n, rng) for name, n in (("val", 80), ("test", 90))}
+    # over-confident outputs: temperature scaling has something to fix
+    sharpen = {name: (y, _sharpen(p, task)) for name, (y, p) in splits.items()}
+    y_val, p_val = sharpen["val"]
+    targets = np.nan_to_num(y_val) if not task.multi_label else y_val
+    calibration = calibrate(p_val, targets, task)
+    per_split = {
+        name: compare_calibration(p, calibration.apply(p, task), y, task) for name, (y, p) in sharpen.items()
+    }
+    y_test, p_test = sharpen["test"]
+    n = len(y_test)
+    thresholds = None if task.exclusive else [0.5] * len(LABELS[task])
+    subgroups = subgroup_metrics(
+        task,
+        LABELS[task],
+        y_test,
+        p_test,
+        [f"p{i // 2}" for i in range(n)],
+        thresholds,
+        {"Patient Sex": ["M", "F"] * (n // 2), "Patient Age": [str(5 + i % 80) for i in range(n)]},
+        n_bootstrap=50,
+    )
+    ood = {
+        "score": "mahalanobis_l2",
+        "file": "ood.safetensors",
+        "threshold": 1.234,
+        "pass_rate": 0.99,
+        "n_train": 300,
+        "n_val": 80,
+        "feature_dim": 1280,
+        "shrinkage": 0.3,
+        "test_flagged": 2 / 90,
+        "n_test": 90,
+    }
+    return {
+        "calibration": calibration.with_metrics(per_split).to_dict(),
+        "ood": ood,
+        "subgroups": subgroups,
+    }
+
+
+def _sharpen(probs: np.ndarray, task: Task) -> np.ndarray:
+    from trainer.calibration import logits_from_probabilities, probabilities_from_logits
+
+    return probabilities_from_logits(3.0 * logits_from_probabilities(probs, task), task).reshape(probs.shape)
+
+
 def write_png(path: Path, size: tuple[int, int] = (40, 30)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) % 251).astype(np.uint8)
@@ -85,8 +139,12 @@ def make_run_folder(
     arch: str = "test_efficientnet",
     head: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
+    trust: bool = False,
 ) -> Path:
-    """Write config.yaml, run.json, metrics.json, metrics.csv, split.csv and plots/ (no model/ folder)."""
+    """Write config.yaml, run.json, metrics.json, metrics.csv, split.csv and plots/ (no model/ folder).
+
+    `trust` adds metrics.json's calibration, OOD and subgroup sections and plots/reliability.png.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     head = head or {"type": "linear"}
     labels = LABELS[task]
@@ -152,6 +210,9 @@ def make_run_folder(
     }
     (run_dir / "run.json").write_text(json.dumps(run, indent=2))
     metrics = {"val": fake_metrics(task, n["val"], seed=1), "test": fake_metrics(task, n["test"], seed=2)}
+    if trust:
+        metrics.update(trust_sections(task))
+        write_png(run_dir / "plots" / "reliability.png")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run_dir / "metrics.csv").write_text("epoch,phase,train_loss,val_loss,val_auc\n1,1,0.69,0.68,0.61\n")
     (run_dir / "split.csv").write_text("path,patient_id,split\na.png,p0,train\n")

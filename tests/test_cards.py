@@ -197,3 +197,55 @@ def test_hub_cards_imports_neither_torch_nor_the_trainer_beyond_its_task_type() 
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_calibration_ood_and_subgroup_sections(tmp_path: Path, task: Task) -> None:
+    run_dir = make_run_folder(tmp_path / "run", task=task, trust=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = render_card(run_dir)
+    text = card.content
+
+    assert re.search(r"^### Calibration$", text, re.MULTILINE)
+    calibration = metrics["calibration"]
+    for split, display in (("val", "Validation"), ("test", "Test")):
+        entry = calibration["metrics"][split]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {display} | "))
+        cells = [cell.strip().strip("*") for cell in row.strip("|").split("|")]
+        assert cells[1] == str(entry["after"]["n"])
+        assert cells[2:9] == [
+            f"{entry['before']['ece']:.3f}",
+            f"{entry['after']['ece']:.3f}",
+            f"{entry['ece_chance_95']:.3f}",
+            f"{entry['before']['brier']:.3f}",
+            f"{entry['after']['brier']:.3f}",
+            f"{entry['before']['nll']:.3f}",
+            f"{entry['after']['nll']:.3f}",
+        ]
+    assert f"{calibration['temperatures'][0]:.3f}" in text
+    if task.multi_label:
+        assert "Temperatures per finding" in text
+    assert "![Reliability diagram before and after calibration](plots/reliability.png)" in text
+    index = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    calibrated_test = calibration["metrics"]["test"]["after"]
+    assert index[("test", "ece")] == pytest.approx(calibrated_test["ece"], abs=5e-5)
+    assert index[("test", "brier")] == pytest.approx(calibrated_test["brier"], abs=5e-5)
+
+    assert re.search(r"^### Out-of-distribution gate$", text, re.MULTILINE)
+    assert "**1.23**" in text and "passes 99 % of the 80 validation images" in text
+    assert "flags **2.2 %** of the 90 images" in text
+
+    assert re.search(r"^### Subgroups \(test split\)$", text, re.MULTILINE)
+    assert "#### Sex" in text and "#### Age band (years)" in text
+    for column, groups in metrics["subgroups"]["columns"].items():
+        for group in groups:
+            row = next(line for line in text.splitlines() if line.startswith(f"| {group['group']} | "))
+            expected = "n/a" if group["auc"] is None else f"{group['auc']['value']:.3f}"
+            assert f"| {expected}" in row, (column, row)
+
+
+def test_runs_without_trust_sections_render_as_before(run_dir: Path) -> None:
+    text = render_card(run_dir).content
+    for heading in ("### Calibration", "### Out-of-distribution gate", "### Subgroups"):
+        assert heading not in text
+    assert all(r.metric_type not in ("ece", "brier") for r in render_card(run_dir).data.eval_results)
