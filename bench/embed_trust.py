@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from bench import gate_data  # noqa: E402
 from bench.ood import read  # noqa: E402
 from hub_cards import write_card  # noqa: E402
 from trainer import ood  # noqa: E402
-from trainer.calibration import probabilities_from_logits  # noqa: E402
+from trainer.calibration import Calibration, probabilities_from_logits  # noqa: E402
 from trainer.calibration_plots import plot_reliability  # noqa: E402
 from trainer.config import RunConfig, save_config  # noqa: E402
 from trainer.export import WEIGHTS_NAME, ModelInfo, save_pretrained  # noqa: E402
@@ -58,7 +57,12 @@ RUNS = REPO / "runs" / "embedded"
 TRAINING_RUNS: dict[str, dict[str, Any]] = {
     "nih-binary": {"epochs_run": 10, "best_epoch": 6, "seconds_per_epoch": 264.6, "images_per_s": 2.3},
     "nih-findings": {"epochs_run": 11, "best_epoch": 7, "seconds_per_epoch": 43.2, "images_per_s": 12.8},
-    "pediatric-pneumonia": {"epochs_run": 12, "best_epoch": 8, "seconds_per_epoch": 89.4, "images_per_s": 9.3},
+    "pediatric-pneumonia": {
+        "epochs_run": 12,
+        "best_epoch": 8,
+        "seconds_per_epoch": 89.4,
+        "images_per_s": 9.3,
+    },
 }
 DEVICE = "CPU (x86_64)"
 
@@ -68,13 +72,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def trust_metrics(name: str) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float]]:
+def trust_metrics(
+    name: str, calibration: Calibration, stats: ood.FeatureStatistics
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[float]]:
     """metrics.json of the rebuilt run (val, test, calibration, ood, subgroups), the calibrated probabilities
     per split and the thresholds chosen on the calibrated validation probabilities."""
     cfg = gate_data.model_config(name)
     _, info = gate_data.load(name)
     table, membership = gate_data.model_table(name, info)
-    calibration, stats = gate_data.fit_gate(name)
     parts = {split: table.subset(membership == split) for split in ("val", "test")}
     outputs = {split: gate_data.outputs(name, split) for split in parts}
     probs = {
@@ -127,7 +132,7 @@ def _test_flagged(
 
 
 def run_info(name: str, cfg: RunConfig, info: ModelInfo) -> dict[str, Any]:
-    """run.json of the rebuilt run: the recipe from the config, the data from config.json, the rest recorded."""
+    """run.json of the rebuilt run: recipe from the config, data from config.json, the rest as recorded."""
     recorded = TRAINING_RUNS[name]
     return {
         "chexlab_version": info.chexlab_version,
@@ -156,11 +161,13 @@ def run_info(name: str, cfg: RunConfig, info: ModelInfo) -> dict[str, Any]:
     }
 
 
-def rebuild_run(name: str, run_dir: Path) -> tuple[dict[str, Any], list[float]]:
+def rebuild_run(
+    name: str, run_dir: Path, calibration: Calibration, stats: ood.FeatureStatistics
+) -> tuple[dict[str, Any], list[float]]:
     """Write the run folder the card is rendered from; returns its metrics and the new thresholds."""
     cfg = gate_data.model_config(name)
     _, info = gate_data.load(name)
-    metrics, probs, thresholds = trust_metrics(name)
+    metrics, probs, thresholds = trust_metrics(name, calibration, stats)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     plots = run_dir / "plots"
@@ -173,20 +180,27 @@ def rebuild_run(name: str, run_dir: Path) -> tuple[dict[str, Any], list[float]]:
     plot_roc(info.task, info.label_names, test.targets, probs["test"], plots / "roc.png",
              thresholds=thresholds, title=f"ROC, test split ({len(test.targets)} images)")  # fmt: skip
     plot_confusion(metrics["test"], plots / "confusion.png")
-    shutil.copyfile(gate_data.MODEL_DIR / name / "plots" / "training_curves.png", plots / "training_curves.png")
+    curves = "training_curves.png"  # the original run's: its metrics.csv is gone
+    shutil.copyfile(gate_data.MODEL_DIR / name / "plots" / curves, plots / curves)
     plot_reliability(
         probabilities_from_logits(test.logits, info.task),
         probs["test"],
         test.targets,
         info.task,
         plots / "reliability.png",
-        title=f"Calibration, test split ({len(test.targets)} images; fitted on {len(val.targets)} validation)",
+        title=f"Test split ({len(test.targets)} images); calibration fitted on {len(val.targets)} validation",
         ece_chance=metrics["calibration"]["metrics"]["test"]["ece_chance_95"],
     )
     return metrics, thresholds
 
 
-def update_model_folder(name: str, metrics: dict[str, Any], thresholds: list[float]) -> None:
+def update_model_folder(
+    name: str,
+    metrics: dict[str, Any],
+    thresholds: list[float],
+    calibration: Calibration,
+    stats: ood.FeatureStatistics,
+) -> None:
     """Rewrite the model folder's config.json and ood.safetensors; the weights file must not change.
 
     Raises:
@@ -194,7 +208,6 @@ def update_model_folder(name: str, metrics: dict[str, Any], thresholds: list[flo
     """
     folder = gate_data.MODEL_DIR / name
     model, info = gate_data.load(name)
-    calibration, stats = gate_data.fit_gate(name)
     before = sha256(folder / WEIGHTS_NAME)
     with tempfile.TemporaryDirectory(prefix=f"embed-{name}-") as tmp:
         save_pretrained(
@@ -222,10 +235,11 @@ def update_model_folder(name: str, metrics: dict[str, Any], thresholds: list[flo
 
 
 def embed(name: str) -> dict[str, Any]:
-    """Calibration, OOD statistics, thresholds, metrics and card of one embedded model; returns its metrics."""
+    """Calibration, OOD statistics, thresholds, metrics and card of one embedded model; its metrics."""
     run_dir = RUNS / name
-    metrics, thresholds = rebuild_run(name, run_dir)
-    update_model_folder(name, metrics, thresholds)
+    calibration, stats = gate_data.fit_gate(name)
+    metrics, thresholds = rebuild_run(name, run_dir, calibration, stats)
+    update_model_folder(name, metrics, thresholds, calibration, stats)
     write_card(run_dir, gate_data.MODEL_DIR / name)
     return metrics
 
