@@ -121,10 +121,10 @@ def trust_metrics(
 
 
 def _test_flagged(
-    paths: list[str], out: gate_data.SplitOutputs, stats: ood.FeatureStatistics
+    paths: list[Path], out: gate_data.SplitOutputs, stats: ood.FeatureStatistics
 ) -> dict[str, Any]:
     """The share of the test images the whole gate (image checks and score) flags, as the demo would."""
-    xrays = [read(Path(path)) for path in paths]
+    xrays = [read(path) for path in paths]
     if any(xray is None for xray in xrays):
         raise RuntimeError("a test image no longer reads: the split's files changed")
     flagged = [ood.assess(x, f, stats).flagged for x, f in zip(xrays, out.features, strict=True) if x]
