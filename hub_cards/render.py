@@ -282,7 +282,7 @@ def _task_words(task: Task, labels: list[str], negative: str | None) -> str:
 def _eval_results(
     metrics: dict[str, Any], dataset_type: str, dataset_name: str, task_name: str
 ) -> list[EvalResult]:
-    results = []
+    found: list[tuple[str, str, str, Any]] = []  # (Hub split, metric type, name, value)
     for key, hub_split, _ in SPLITS:
         split = metrics.get(key)
         if not split:
@@ -290,40 +290,28 @@ def _eval_results(
         average = Task.parse(split["task"]).averaging
         for metric_key, metric_type, display in HEADLINE_METRICS:
             value = split["headline"].get(metric_key, {}).get("value")
-            if value is None:  # undefined on this split (see the per-class notes); the Hub needs a number
-                continue
-            name = f"{display}{f', {average}' if average else ''} ({hub_split})"
-            results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    task_name=task_name,
-                    dataset_type=dataset_type,
-                    dataset_name=dataset_name,
-                    dataset_split=hub_split,
-                    metric_type=metric_type,
-                    metric_name=name,
-                    metric_value=round(float(value), 4),
-                )
+            # None: undefined on this split (see the per-class notes); the Hub needs a number
+            found.append(
+                (hub_split, metric_type, f"{display}{f', {average}' if average else ''} ({hub_split})", value)
             )
     per_split = (metrics.get("calibration") or {}).get("metrics") or {}
-    calibrated_test = (per_split.get("test") or {}).get("after")
+    calibrated_test = (per_split.get("test") or {}).get("after") or {}
     for metric_key, metric_type, display in CALIBRATION_METRICS[:2]:
-        value = (calibrated_test or {}).get(metric_key)
-        if value is None:
-            continue
-        results.append(
-            EvalResult(
-                task_type="image-classification",
-                task_name=task_name,
-                dataset_type=dataset_type,
-                dataset_name=dataset_name,
-                dataset_split="test",
-                metric_type=metric_type,
-                metric_name=f"{display}, calibrated (test)",
-                metric_value=round(float(value), 4),
-            )
+        found.append(("test", metric_type, f"{display}, calibrated (test)", calibrated_test.get(metric_key)))
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name=task_name,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=hub_split,
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=round(float(value), 4),
         )
-    return results
+        for hub_split, metric_type, name, value in found
+        if value is not None
+    ]
 
 
 def _headline_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -533,7 +521,8 @@ def _limitations(
         f"**Population and site.** The model saw images from one collection ({dataset_name}) only. On "
         "other hospitals, scanners, patient groups (e.g. adults vs children, inpatients vs screening), views "
         "(PA, AP, lateral) or image processing it will perform differently, most likely worse, and the "
-        "operating point will need re-calibrating on local data.",
+        "operating point will need re-calibrating on local data (`python -m trainer calibrate MODEL --data "
+        "YOUR_DATA.yaml --out NEW_FOLDER` refits the calibration and thresholds on your labelled images).",
         "**Label noise.** Labels are used as distributed with the dataset (often mined from reports, not "
         "re-read by radiologists for this model). Label errors bias both the model and the numbers above.",
         "**Shortcuts.** When classes come from different sources (hospitals, age groups, publications, "

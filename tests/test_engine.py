@@ -18,7 +18,10 @@ from tests.synthetic import write_binary_dataset, write_multiclass_dataset, writ
 from trainer import engine
 from trainer.checkpoint import load_checkpoint
 from trainer.config import ConfigError, load_config
+from trainer.evaluate import predict_table
 from trainer.export import export_run, load_model
+from trainer.metrics import choose_thresholds
+from trainer.run_data import load_table
 from trainer.task import Task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +79,38 @@ def test_binary_run_learns_and_writes_a_complete_run_folder(tmp_path: Path) -> N
     assert info.task == "binary" and info.label_names == ["abnormal"] and info.negative_name == "normal"
     assert len(info.thresholds) == 1 and 0 < info.thresholds[0] < 1
     assert info.thresholds == metrics["test"]["thresholds"]
+
+    # Calibrated at the end of fit: stored with the model, reported before/after, the OOD gate fitted
+    assert (run / "plots" / "reliability.png").is_file() and (run / "model" / "ood.safetensors").is_file()
+    assert info.calibration.calibrated and info.calibration.fitted_on == "validation"
+    assert metrics["calibration"]["temperatures"] == list(info.calibration.temperatures)
+    for name in ("val", "test"):
+        assert set(metrics["calibration"]["metrics"][name]) == {"before", "after", "ece_chance_95"}
+    # the fitted calibration lowers the NLL it minimises on the validation split
+    val_metrics = metrics["calibration"]["metrics"]["val"]
+    assert val_metrics["after"]["nll"] <= val_metrics["before"]["nll"] + 1e-9
+    assert info.ood is not None and metrics["ood"]["threshold"] == pytest.approx(info.ood.threshold)
+    assert metrics["ood"]["n_train"] == int((split["split"] == "train").sum())  # below OOD_TRAIN_IMAGES
+    assert (
+        metrics["ood"]["n_test"] == metrics["test"]["n_images"] and 0 <= metrics["ood"]["test_flagged"] <= 1
+    )
+    assert "### Calibration" in (run / "model" / "README.md").read_text()
+
+    # The thresholds are chosen on the calibrated validation probabilities, which predictions_val.csv holds
+    val_rows = pd.read_csv(run / "predictions_val.csv")
+    table = load_table(load_config(run / "config.yaml").data)
+    val_part = table.subset(np.isin([table.ref(i) for i in range(len(table))], val_rows["path"]))
+    by_path = dict(
+        zip(
+            [val_part.ref(i) for i in range(len(val_part))], predict_table(model, info, val_part), strict=True
+        )
+    )
+    raw_val = np.array([by_path[p] for p in val_rows["path"]])
+    np.testing.assert_allclose(info.calibrated(raw_val), val_rows["prob_abnormal"], atol=1e-5)
+    targets = val_rows["target"].to_numpy()
+    calibrated_choice = choose_thresholds(Task.BINARY, targets, val_rows["prob_abnormal"].to_numpy())
+    assert info.thresholds == pytest.approx(calibrated_choice)
+    assert choose_thresholds(Task.BINARY, targets, raw_val) != pytest.approx(calibrated_choice)
 
     # `python -m trainer export` ships it in float16: half the size, the same outputs, the card along
     small = export_run(run, tmp_path / "small")

@@ -15,6 +15,7 @@ from torch import nn
 
 from trainer.export import load_model
 from trainer.modeling import HeadConfig, create_classifier
+from trainer.ood import features_and_logits
 from trainer.runtime import ForwardRunner, RuntimeBackendError
 
 pytest.importorskip("onnxruntime")
@@ -46,6 +47,14 @@ def assert_matches(runner: ForwardRunner, model: nn.Module, x: torch.Tensor) -> 
     scale = max(1.0, float(expected.abs().max()))
     assert float((logits - expected).abs().max()) <= 1e-4 * scale
     np.testing.assert_allclose(runner(x.numpy()).numpy(), logits.numpy())  # numpy batches too
+    if runner.has_features:  # timm classifiers: the pooled features from the same pass, as PyTorch's
+        want_features, want_logits = features_and_logits(model, x)
+        features, both_logits = runner.run(x)
+        assert features is not None and features.shape == want_features.shape
+        assert float((features - want_features).abs().max()) <= 1e-4 * max(
+            1.0, float(want_features.abs().max())
+        )
+        np.testing.assert_allclose(both_logits.numpy(), logits.numpy())
 
 
 @pytest.mark.parametrize("name", ["nih-binary", "nih-findings", "pediatric-pneumonia"])
@@ -63,8 +72,11 @@ def test_every_head_type_matches(head: str, tmp_path: Path) -> None:
     if head == "dense_bn":
         model.get_classifier()[1].running_var.fill_(0.5)
     runner = ForwardRunner.for_model(model, (3, 64, 64), cache_dir=tmp_path)
-    assert runner.backend == "onnxruntime"
+    assert runner.backend == "onnxruntime" and runner.has_features
     assert_matches(runner, model, batch(64, count=5))
+    eager = ForwardRunner.for_model(model, (3, 64, 64), backend="pytorch")
+    assert eager.has_features
+    assert_matches(eager, model, batch(64, count=5))
 
 
 def test_the_cache_is_reused_and_keyed_by_the_weights(tmp_path: Path) -> None:

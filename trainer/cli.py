@@ -1,4 +1,4 @@
-"""`python -m trainer fit|evaluate|predict|push|export|import-weights|preprocess`: parsing, printing, exits.
+"""`python -m trainer fit|evaluate|calibrate|predict|push|export|import-weights|preprocess`: parsing, output.
 
 Library modules log and raise; this module is the only place that prints. An error the user can fix (a
 `ChexlabError`, or a missing, protected or misplaced file, a full disk) is one clear line and exit code 2;
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import json
 import logging
 import os
 import sys
@@ -67,11 +68,24 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from trainer.evaluate import evaluate_source
+    from trainer.trust import summary_lines
 
     out = evaluate_source(
         args.source, data=args.data, split=args.split, out_dir=args.out, overrides=args.overrides
     )
+    print("\n".join(summary_lines(json.loads(out.read_text()))))
     print(f"metrics written to {out}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from trainer.recalibrate import recalibrate
+
+    result = recalibrate(
+        args.source, data=args.data, out_dir=args.out, split=args.split, overrides=args.overrides
+    )
+    print("\n".join(result.lines()))
+    print(f"recalibrated model folder: {result.out}")
     return 0
 
 
@@ -81,7 +95,9 @@ def _predict(args: argparse.Namespace) -> int:
     summary = predict_to_csv(
         args.model, args.inputs, args.out, batch_size=args.batch_size, revision=args.revision
     )
-    print(f"{summary}\npredictions written to {summary.out}")
+    for note in summary.notes:
+        print(f"note: {note}")
+    print(f"{summary.line()}\npredictions written to {summary.out}")
     return 0
 
 
@@ -175,6 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="data config overrides, e.g. data.root=/x"
     )
     ev.set_defaults(run=_evaluate)
+
+    ca = sub.add_parser(
+        "calibrate",
+        help="refit a model's calibration and thresholds on your own labelled images; writes a new folder",
+    )
+    ca.add_argument("source", help="RUN_DIR, a model folder, local-dir:PATH or hf-hub:org/name")
+    ca.add_argument(
+        "--data", required=True, help="a config YAML whose data: section names the labelled images"
+    )
+    ca.add_argument(
+        "--split",
+        default="val",
+        choices=("train", "val", "test", "all"),
+        help="which split of data.split_file to fit on (all images when the data has no split file)",
+    )
+    ca.add_argument("--out", required=True, help="the new model folder (the input is never modified)")
+    ca.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="data config overrides, e.g. data.root=/x"
+    )
+    ca.set_defaults(run=_calibrate)
 
     pr = sub.add_parser("predict", help="batched inference on files, folders or a CSV of paths")
     pr.add_argument("model", help="a model folder, RUN_DIR, local-dir:PATH or hf-hub:org/name")

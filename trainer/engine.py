@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,14 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
+from trainer.data import XRayDataset
 from trainer.errors import ChexlabError
 from trainer.metrics import evaluate_predictions
 from trainer.modeling import create_classifier, freeze_backbone
+from trainer.ood import captured_features, has_pooled_features
 from trainer.reporting import Predictions, finish_run
 from trainer.task import Task
+from trainer.transforms import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ HISTORY_COLUMNS = (
 
 # Test hook: with CHEXLAB_PAUSE_AT=EPOCH:BATCH (1-based), a run logs PAUSE_MESSAGE after that batch's update
 # and waits until its stdin closes, so a test can act (e.g. kill it) at a point the run itself reports.
+# Training images whose features the OOD statistics are fitted on: a seeded sample of larger training splits
+# (the Ledoit-Wolf covariance of 1,280-dimensional features changes little beyond a couple of thousand).
+OOD_TRAIN_IMAGES = 2000
 PAUSE_ENV = "CHEXLAB_PAUSE_AT"
 PAUSE_MESSAGE = "paused at epoch %d, batch %d"
 
@@ -230,20 +237,59 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_loader(
-    model: nn.Module, loader: DataLoader, accelerator: Accelerator, *, task: Task, tta: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probabilities, targets and split positions of every item of `loader`, gathered from all processes."""
+    model: nn.Module,
+    loader: DataLoader,
+    accelerator: Accelerator,
+    *,
+    task: Task,
+    tta: bool = False,
+    features: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Probabilities, targets, split positions and (with `features`) pooled features (N, D) of every item of
+    `loader`, gathered from all processes. The features are the un-augmented pass's (the first under TTA)."""
     model.eval()
-    all_probs, all_targets, all_indices = [], [], []
-    for images, targets, indices in loader:
-        probs = task.probabilities(model(images).float())
-        if tta:
-            probs = (probs + task.probabilities(model(_zoom(images, 0.92)).float())) / 2
-        probs, targets, indices = accelerator.gather_for_metrics((probs, targets, indices))
-        all_probs.append(probs.cpu().numpy())
-        all_targets.append(targets.cpu().numpy())
-        all_indices.append(indices.cpu().numpy())
-    return np.concatenate(all_probs), np.concatenate(all_targets), np.concatenate(all_indices)
+    all_probs, all_targets, all_indices, all_features = [], [], [], []
+    seen: list[torch.Tensor] = []
+    with ExitStack() as stack:
+        if features:
+            seen = stack.enter_context(captured_features(accelerator.unwrap_model(model)))
+        for images, targets, indices in loader:
+            probs = task.probabilities(model(images).float())
+            if tta:
+                probs = (probs + task.probabilities(model(_zoom(images, 0.92)).float())) / 2
+            gathered = [probs, targets, indices, *(seen[:1] if features else [])]
+            seen.clear()
+            gathered = accelerator.gather_for_metrics(tuple(gathered))
+            all_probs.append(gathered[0].cpu().numpy())
+            all_targets.append(gathered[1].cpu().numpy())
+            all_indices.append(gathered[2].cpu().numpy())
+            if features:
+                all_features.append(gathered[3].cpu().numpy())
+    return (
+        np.concatenate(all_probs),
+        np.concatenate(all_targets),
+        np.concatenate(all_indices),
+        np.concatenate(all_features) if features else None,
+    )
+
+
+def train_features(
+    model: nn.Module, cfg: RunConfig, data: run_data.RunData, spec: InputSpec, accelerator: Accelerator
+) -> np.ndarray:
+    """Pooled features of up to `OOD_TRAIN_IMAGES` training images (a seeded sample), without augmentation:
+    what the OOD gate's statistics are fitted on."""
+    rows = data.rows("train")
+    if len(rows) > OOD_TRAIN_IMAGES:
+        rows = np.sort(np.random.default_rng(cfg.train.seed).choice(rows, OOD_TRAIN_IMAGES, replace=False))
+    dataset = XRayDataset(
+        data.table.subset(rows), spec, pipeline=cfg.preprocess, cache_dir=cfg.data.cache_dir
+    )
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers)
+    prepared_model, loader = accelerator.prepare(model, loader)
+    *_, features = predict_loader(prepared_model, loader, accelerator, task=data.task, features=True)
+    accelerator.free_memory()
+    assert features is not None
+    return features
 
 
 def _zoom(images: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -397,7 +443,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, last_good: bool = False, progre
                 progress=progress,
                 describe_batch=lambda local: data.describe_rows(data.rows("train")[local.cpu().numpy()]),
             )
-            probs, targets, _ = predict_loader(prepared_model, val_loader, accelerator, task=data.task)
+            probs, targets, _, _ = predict_loader(prepared_model, val_loader, accelerator, task=data.task)
             val = validation_metrics(data.task, data.label_names, targets, probs)
             val["loss"] = validation_loss(loss_fn, data.task, probs, targets)
             scheduler.step(epoch + 1 - first, val["loss"])
@@ -470,16 +516,25 @@ def fit(cfg: RunConfig, *, resume: bool = False, last_good: bool = False, progre
             "no epoch had a defined validation %s: keeping the last epoch's weights", cfg.train.monitor
         )
     predictions = {}
+    gate = has_pooled_features(model)  # every timm classifier; the OOD gate needs its pooled features
     for split in ("val", "test"):
         prepared_model, loader = accelerator.prepare(model, loaders[split])
-        probs, targets, indices = predict_loader(
-            prepared_model, loader, accelerator, task=data.task, tta=cfg.eval.tta
+        probs, targets, indices, features = predict_loader(
+            prepared_model, loader, accelerator, task=data.task, tta=cfg.eval.tta, features=gate
         )
-        predictions[split] = Predictions(probs, targets, data.rows(split)[indices])
+        predictions[split] = Predictions(probs, targets, data.rows(split)[indices], features)
         accelerator.free_memory()
+    train = train_features(model, cfg, data, spec, accelerator) if gate else None
     if accelerator.is_main_process:
         finish_run(
-            cfg, data, model, predictions, state, input_size=spec.size, seconds=time.perf_counter() - started
+            cfg,
+            data,
+            model,
+            predictions,
+            state,
+            input_size=spec.size,
+            seconds=time.perf_counter() - started,
+            train_features=train,
         )
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the TensorBoard writer

@@ -125,8 +125,12 @@ def judge(info: ModelInfo, raw: np.ndarray, xray: XRay, features: np.ndarray | t
         xray: the image as read (for the image-level checks).
         features: its pooled features (`trainer.ood.features_and_logits`), None to skip the feature score.
     """
+    return judge_verdict(info, raw, assess(xray, features, info.ood))
+
+
+def judge_verdict(info: ModelInfo, raw: np.ndarray, verdict: Verdict) -> Judged:
+    """`judge` with the OOD verdict already reached (`trainer.ood.verdict`, for batches read by workers)."""
     probs = info.calibrated(np.asarray(raw, dtype=np.float64)[None])[0]
-    verdict = assess(xray, features, info.ood)
     decided = (
         []
         if verdict.flagged

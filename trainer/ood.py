@@ -178,8 +178,21 @@ def features_and_logits(model: nn.Module, tensors: torch.Tensor) -> tuple[torch.
     and dense_bn heads) receives. The model is put in eval mode.
     """
     model.eval()
+    features, logits = pooled_features_and_logits(model, tensors)
+    return features.float(), logits.float()
+
+
+def pooled_features_and_logits(model: nn.Module, tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`features_and_logits` without its mode and gradient settings, for graphs that are traced (ONNX)."""
     maps = model.forward_features(tensors)
-    return model.forward_head(maps, pre_logits=True).float(), model.forward_head(maps).float()
+    return model.forward_head(maps, pre_logits=True), model.forward_head(maps)
+
+
+def has_pooled_features(model: nn.Module) -> bool:
+    """Whether `model` is a timm-style classifier whose pooled features `features_and_logits` can read."""
+    return callable(getattr(model, "forward_features", None)) and callable(
+        getattr(model, "forward_head", None)
+    )
 
 
 @contextmanager
@@ -434,14 +447,21 @@ def assess(
         features: its pooled features (D,) or (1, D) from `features_and_logits`; None to skip the score.
         stats: the model's statistics (`load_statistics`), None for a folder without them.
     """
-    reasons = image_checks(xray)
+    return verdict(image_checks(xray), features, stats)
+
+
+def verdict(
+    reasons: Sequence[str], features: np.ndarray | torch.Tensor | None, stats: FeatureStatistics | None
+) -> Verdict:
+    """`assess` with the image-level reasons already found (e.g. by a worker process that read the image)."""
+    found = list(reasons)
     note = NO_STATISTICS_NOTE if stats is None else None
     score = None
     if stats is not None and features is not None:
         score = float(stats.score(np.asarray(features, dtype=np.float64).reshape(1, -1))[0])
         if score > stats.threshold:
-            reasons.append(SCORE_REASON.format(score=score, threshold=stats.threshold))
-    return Verdict(score, bool(reasons), tuple(reasons), note)
+            found.append(SCORE_REASON.format(score=score, threshold=stats.threshold))
+    return Verdict(score, bool(found), tuple(found), note)
 
 
 def assess_batch(

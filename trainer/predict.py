@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from trainer.batch_inference import BatchSummary, write_predictions
 from trainer.export import load_model
-from trainer.inference import InputTransform, predict_tensors
-from trainer.io import XRayReadError, load_xray
 from trainer.labels import DataError
 
 log = logging.getLogger(__name__)
@@ -52,24 +47,6 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
-@dataclass(frozen=True)
-class PredictionSummary:
-    """What `predict_to_csv` did: the CSV written, and how many images it predicted and could not read."""
-
-    out: Path
-    predicted: int
-    unreadable: int
-
-    def __str__(self) -> str:
-        text = f"predicted {self.predicted} of {self.predicted + self.unreadable} images"
-        return text + (f"; {self.unreadable} unreadable (see the error column)" if self.unreadable else "")
-
-
-def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(paths), size):
-        yield paths[start : start + size]
-
-
 def predict_to_csv(
     model_source: str,
     inputs: list[str | Path],
@@ -77,49 +54,26 @@ def predict_to_csv(
     *,
     batch_size: int = 16,
     revision: str | None = None,
-) -> PredictionSummary:
-    """Predict every input and write one CSV row per image: probabilities, decision, warnings or the error.
+    workers: int | None = None,
+) -> BatchSummary:
+    """Predict every input and write one CSV row per image (`trainer.batch_inference`): calibrated
+    probabilities, the decision (withheld when the OOD gate flags the image), ood_score, ood, warnings, or
+    the error that made the image unreadable, which does not stop the batch.
 
-    An unreadable image gets a row with its error message instead of stopping the whole batch; the summary
-    counts both kinds.
+    Args:
+        model_source: a model folder, RUN_DIR, local-dir:PATH or hf-hub:org/name.
+        inputs: image files, folders (searched recursively) or CSVs with a `path` column.
+        out: the CSV to write.
+        batch_size: images per forward pass.
+        revision: a Hub revision.
+        workers: decoding processes (default one per core; 0 = in this process).
+
+    Returns:
+        The counts (predicted, unreadable, flagged), the backend, the time taken, the model's notes.
     """
+    source = Path(model_source)
+    if (source / "config.yaml").is_file() and (source / "model").is_dir():  # a run folder: its model
+        model_source = str(source / "model")
     model, info = load_model(model_source, revision=revision)
-    transform = InputTransform.for_model(info)
     paths = collect_inputs(inputs)
-    names = info.task.output_names(info.label_names, info.negative_name)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    unreadable = 0
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", *(f"prob_{n}" for n in names), "decision", "warnings", "error"])
-        for batch in _batches(paths, batch_size):
-            ready, tensors = [], []
-            for path in batch:
-                try:
-                    xray = load_xray(path)
-                except XRayReadError as err:
-                    writer.writerow([str(path), *([""] * len(names)), "", "", str(err)])
-                    unreadable += 1
-                    continue
-                prepared = transform(xray.pixels)
-                ready.append((path, [*xray.warnings, *prepared.warnings]))
-                tensors.append(prepared.tensor)
-            if not tensors:
-                continue
-            probs = predict_tensors(model, torch.stack(tensors), info.task)
-            for (path, warnings), p in zip(ready, probs, strict=True):
-                by_name = info.task.class_probabilities(p, info.label_names, info.negative_name)
-                decision = info.task.decide(p, info.label_names, info.thresholds, info.negative_name)
-                writer.writerow(
-                    [
-                        str(path),
-                        *(f"{by_name[n]:.6f}" for n in names),
-                        "|".join(decision),
-                        " / ".join(warnings),
-                        "",
-                    ]
-                )
-    summary = PredictionSummary(out, len(paths) - unreadable, unreadable)
-    log.info("%s with %s into %s", summary, model_source, out)
-    return summary
+    return write_predictions(model, info, paths, out, batch_size=batch_size, workers=workers)

@@ -1,11 +1,13 @@
-"""The end of a run: thresholds chosen on validation, test metrics with CIs, plots, summary, model folder."""
+"""The end of a run: calibration fitted on validation, thresholds chosen on the calibrated validation
+probabilities, val/test metrics (with CIs) on calibrated probabilities, the OOD gate's statistics, plots,
+summary, model folder. metrics.json's layout: `trainer.trust`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +16,14 @@ import torch
 from torch import nn
 
 from trainer import __version__
+from trainer.calibration import calibrate
 from trainer.checkpoint import TrainState, atomic_write
 from trainer.config import RunConfig
 from trainer.integrity import write_checksums
 from trainer.metrics import choose_thresholds, evaluate_predictions
+from trainer.ood import fit_statistics
 from trainer.plots import plot_confusion, plot_roc, plot_training_curves
+from trainer.trust import RELIABILITY_PNG, ood_section, summary_lines, with_split_metrics, write_reliability
 
 if TYPE_CHECKING:
     from trainer.run_data import RunData
@@ -28,11 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Predictions:
-    """Model outputs for one split, in dataset order of `indices`."""
+    """Model outputs for one split, in dataset order of `indices`; `features`: pooled (N, D) or None."""
 
     probs: np.ndarray
     targets: np.ndarray
     indices: np.ndarray
+    features: np.ndarray | None = None
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -86,16 +92,29 @@ def finish_run(
     *,
     input_size: int,
     seconds: float,
+    train_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Choose thresholds on val, evaluate val and test, write metrics/plots/run.json and the model folder.
+    """Calibrate on val, choose thresholds on the calibrated val probabilities, evaluate val and test on
+    calibrated probabilities, fit the OOD gate, write metrics/plots/run.json and the model folder.
 
-    `input_size` is the side the model was trained at.
+    Args:
+        predictions: "val" and "test", as the model gives them (uncalibrated; with features for the gate).
+        input_size: the side the model was trained at.
+        train_features: pooled features of (a sample of) the training images; None: no OOD statistics.
     """
     from hub_cards import write_card
     from trainer.export import save_pretrained
 
     run_dir = cfg.run_dir
     pipeline = cfg.preprocess
+    raw = predictions
+    calibration = calibrate(raw["val"].probs, raw["val"].targets, data.task)
+    calibration = with_split_metrics(
+        calibration, {split: (pred.probs, pred.targets) for split, pred in raw.items()}, data.task
+    )
+    predictions = {
+        split: replace(pred, probs=calibration.apply(pred.probs, data.task)) for split, pred in raw.items()
+    }
     val = predictions["val"]
     thresholds = choose_thresholds(
         data.task,
@@ -104,9 +123,16 @@ def finish_run(
         method=cfg.eval.threshold,
         target_sensitivity=cfg.eval.target_sensitivity,
     )
-    metrics = {
+    metrics: dict[str, Any] = {
         split: evaluate_split(cfg, data, split, pred, thresholds) for split, pred in predictions.items()
     }
+    metrics["calibration"] = calibration.to_dict()
+    ood = None
+    if train_features is not None and val.features is not None and predictions["test"].features is not None:
+        ood = fit_statistics(train_features, val.features)
+        metrics["ood"] = ood_section(ood, predictions["test"].features)
+    for line in summary_lines(metrics):
+        log.info("%s", line)
     write_json(run_dir / "metrics.json", metrics)
     for split, pred in predictions.items():
         write_predictions(run_dir / f"predictions_{split}.csv", data, pred)
@@ -114,6 +140,9 @@ def finish_run(
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     test = predictions["test"]
+    write_reliability(
+        calibration, raw["test"].probs, test.targets, data.task, plots / RELIABILITY_PNG, "test"
+    )
     plot_roc(
         data.task,
         data.label_names,
@@ -168,8 +197,10 @@ def finish_run(
         thresholds=thresholds,
         head=cfg.model.head,
         input_size=input_size,
-        metrics_summary={split: m["headline"] for split, m in metrics.items()},
+        metrics_summary={split: metrics[split]["headline"] for split in predictions},
         data_summary=dataset,
+        calibration=calibration,
+        ood=ood,
     )
     write_card(run_dir, model_dir)
     write_checksums(run_dir)  # last: it lists every file above

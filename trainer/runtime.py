@@ -3,8 +3,10 @@
 `ForwardRunner.for_model(model)` exports the model to ONNX the first time these weights are seen, into a
 cache keyed by a hash of the weights and the network's structure, loads it in ONNX Runtime, and checks it
 against PyTorch on a fixed probe batch. It falls back to PyTorch, with a note saying why, when onnxruntime is
-not installed, the export fails, or the outputs differ. On a 2-core CPU ONNX Runtime ran the embedded models'
-forward about 2.8x faster than eager PyTorch (issue 16).
+not installed, the export fails, or the outputs differ. For a timm classifier the exported graph has two
+outputs, the pooled penultimate features (`trainer.ood.features_and_logits`, what the OOD gate scores) and
+the logits, from one pass; `ForwardRunner.run` returns both, calling the runner returns the logits. On a
+2-core CPU ONNX Runtime ran the embedded models' forward about 2.8x faster than eager PyTorch (issue 16).
 
 The cache lives in `$CHEXLAB_CACHE/onnx` (default `$XDG_CACHE_HOME/chexlab/onnx`, i.e. ~/.cache/chexlab/onnx).
 Files are written to a temporary name and renamed into place, under a per-model lock file, so concurrent
@@ -34,6 +36,7 @@ from torch import nn
 
 from trainer.errors import ChexlabError
 from trainer.modeling import model_data_config
+from trainer.ood import has_pooled_features, pooled_features_and_logits
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ BACKENDS = ("auto", "onnxruntime", "pytorch")
 CACHE_ENV = "CHEXLAB_CACHE"
 TOLERANCE = 1e-4  # largest |ONNX - PyTorch| on the probe batch, relative to max(1, largest |logit|)
 OPSET = 17
-EXPORT_FORMAT = 1  # part of the cache key: bump when the way models are exported changes
+EXPORT_FORMAT = 2  # part of the cache key: bump when the way models are exported changes (2: + features)
 _PROBE_BATCH = 2  # two images, so that the exported batch axis is exercised
 
 
@@ -89,9 +92,26 @@ def model_key(model: nn.Module, input_size: Sequence[int]) -> str:
     return digest.hexdigest()[:32]
 
 
+class _FeaturesAndLogits(nn.Module):
+    """A timm classifier whose forward returns (pooled features, logits): the graph the runner exports."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return pooled_features_and_logits(self.model, x)
+
+
+def _outputs(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(features or None, logits) of the runner's PyTorch model (a `_FeaturesAndLogits` or a plain one)."""
+    out = model(batch)
+    return (out[0].float(), out[1].float()) if isinstance(out, tuple) else (None, out.float())
+
+
 @dataclass
 class ForwardRunner:
-    """Logits for batches of model inputs, from ONNX Runtime or PyTorch; safe to call from several threads.
+    """Logits (and pooled features) for batches of model inputs, from ONNX Runtime or PyTorch; thread-safe.
 
     Attributes:
         backend: "onnxruntime" or "pytorch".
@@ -99,6 +119,7 @@ class ForwardRunner:
         exported: whether building this runner exported the model (False: the cache had it, or PyTorch).
         path: the cached ONNX file, when there is one.
         input_size: (3, H, W) the runner takes.
+        has_features: whether `run` returns pooled features (timm classifiers), else None for them.
     """
 
     backend: str
@@ -106,6 +127,7 @@ class ForwardRunner:
     exported: bool
     path: Path | None
     input_size: tuple[int, int, int]
+    has_features: bool = False
     _session: Any = field(default=None, repr=False)  # an onnxruntime.InferenceSession
     _model: nn.Module | None = field(default=None, repr=False)  # the PyTorch copy, channels-last
 
@@ -139,6 +161,9 @@ class ForwardRunner:
         if len(size) != 3:
             raise RuntimeBackendError(f"input_size must be (channels, height, width); got {size}")
         own = copy.deepcopy(model).float().eval().requires_grad_(False)
+        features = has_pooled_features(own)
+        if features:
+            own = _FeaturesAndLogits(own).eval()
         note = "PyTorch, as asked"
         if backend != "pytorch":
             try:
@@ -149,10 +174,14 @@ class ForwardRunner:
                 note = f"PyTorch, since {why}"
                 log.info("forward runner: %s", note)
         own = own.to(memory_format=torch.channels_last)  # 1.35x on CPU for depthwise-conv nets (issue 16)
-        return cls("pytorch", note, False, None, size, _model=own)
+        return cls("pytorch", note, False, None, size, features, _model=own)
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """float32 logits (N, C) for a batch (N, 3, H, W) of normalised inputs.
+        """float32 logits (N, C) for a batch (N, 3, H, W) of normalised inputs (see `run`)."""
+        return self.run(batch)[1]
+
+    def run(self, batch: np.ndarray | torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """float32 pooled features (N, D) (None when `has_features` is False) and logits (N, C) of one pass.
 
         Raises:
             RuntimeBackendError: a batch of another shape than (N, *input_size).
@@ -163,12 +192,13 @@ class ForwardRunner:
                                       f"got {shape}")  # fmt: skip
         if self._session is not None:
             array = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else batch
-            (logits,) = self._session.run(None, {"input": np.ascontiguousarray(array, dtype=np.float32)})
-            return torch.from_numpy(logits)
+            outputs = self._session.run(None, {"input": np.ascontiguousarray(array, dtype=np.float32)})
+            features = torch.from_numpy(outputs[0]) if self.has_features else None
+            return features, torch.from_numpy(outputs[-1])
         assert self._model is not None
         tensor = torch.as_tensor(batch, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self._model(tensor).float()
+            return _outputs(self._model, tensor)
 
 
 class _Unusable(Exception):
@@ -182,7 +212,8 @@ def _onnx_runner(model: nn.Module, size: tuple[int, int, int], cache_dir: Path) 
         raise _Unusable("onnxruntime is not installed") from None
     probe = torch.randn(_PROBE_BATCH, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        expected = model(probe).float().numpy()
+        expected = [t.numpy() for t in _outputs(model, probe) if t is not None]  # [features,] logits
+    features = isinstance(model, _FeaturesAndLogits)
     key = model_key(model, size)
     path, verdict = cache_dir / f"{key}.onnx", cache_dir / f"{key}.unusable"
     with _file_lock(cache_dir / f"{key}.lock"):
@@ -192,7 +223,7 @@ def _onnx_runner(model: nn.Module, size: tuple[int, int, int], cache_dir: Path) 
         if path.is_file():
             session = _load(onnxruntime, path, probe, expected)
             if not isinstance(session, str):
-                return ForwardRunner("onnxruntime", "", False, path, size, _session=session)
+                return ForwardRunner("onnxruntime", "", False, path, size, features, _session=session)
             notes.append(f"the cached copy {path.name} was rebuilt ({session})")
             log.warning("ONNX cache %s: %s; exporting again", path, session)
         source = _export(model, probe)
@@ -207,11 +238,11 @@ def _onnx_runner(model: nn.Module, size: tuple[int, int, int], cache_dir: Path) 
                 _write_atomically(verdict, reason.encode())
             raise _Unusable(reason)
     log.info("exported the model to ONNX%s", f" ({stored})" if stored else "")
-    return ForwardRunner("onnxruntime", "; ".join(notes), True, stored, size, _session=session)
+    return ForwardRunner("onnxruntime", "; ".join(notes), True, stored, size, features, _session=session)
 
 
-def _load(onnxruntime: Any, source: Path | bytes, probe: torch.Tensor, expected: np.ndarray) -> Any:
-    """An ONNX Runtime session for `source` that reproduces `expected`, or why not (a str)."""
+def _load(onnxruntime: Any, source: Path | bytes, probe: torch.Tensor, expected: list[np.ndarray]) -> Any:
+    """An ONNX Runtime session for `source` that reproduces every output in `expected`, or why not (a str)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = available_cores()
     options.inter_op_num_threads = 1
@@ -220,20 +251,25 @@ def _load(onnxruntime: Any, source: Path | bytes, probe: torch.Tensor, expected:
         session = onnxruntime.InferenceSession(
             source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
         )
-        (logits,) = session.run(None, {"input": probe.numpy()})
+        outputs = session.run(None, {"input": probe.numpy()})
     except Exception as err:  # onnxruntime raises its own exception types, not importable without it
         return f"ONNX Runtime cannot load it: {str(err).splitlines()[0][:200]}"
-    if logits.shape != expected.shape:
-        return f"it gives outputs {logits.shape} instead of {expected.shape}"
-    gap = float(np.abs(logits - expected).max())
-    allowed = TOLERANCE * max(1.0, float(np.abs(expected).max()))
-    if not gap <= allowed:  # also catches NaN
-        return f"its logits differ from PyTorch's by {gap:.2g} (more than {allowed:.2g})"
+    if len(outputs) != len(expected):
+        return f"it gives {len(outputs)} outputs instead of {len(expected)}"
+    names = ["features", "logits"][-len(expected) :]
+    for name, got, want in zip(names, outputs, expected, strict=True):
+        if got.shape != want.shape:
+            return f"it gives {name} {got.shape} instead of {want.shape}"
+        gap = float(np.abs(got - want).max())
+        allowed = TOLERANCE * max(1.0, float(np.abs(want).max()))
+        if not gap <= allowed:  # also catches NaN
+            return f"its {name} differ from PyTorch's by {gap:.2g} (more than {allowed:.2g})"
     return session
 
 
 def _export(model: nn.Module, probe: torch.Tensor) -> bytes:
     """The model as ONNX bytes, with a variable batch size (torch's TorchScript-based exporter)."""
+    outputs = ["features", "logits"] if isinstance(model, _FeaturesAndLogits) else ["logits"]
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -246,8 +282,8 @@ def _export(model: nn.Module, probe: torch.Tensor) -> bytes:
                 buffer,
                 dynamo=False,
                 input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                 opset_version=OPSET,
             )
     except Exception as err:  # the exporter raises many types (unsupported operators, tracing errors)
