@@ -13,7 +13,7 @@ the original runs' test metrics averaged a test-time zoom, which no inference pa
 2. the thresholds chosen again, on the calibrated validation probabilities, by the config's `eval.threshold`
    method (as `trainer.reporting.finish_run` does), and the validation and test metrics at them with
    patient-level bootstrap CIs; where the config names `data.subgroup_columns`, the test split per subgroup
-   (`trainer.subgroups.evaluate_subgroups`); the share of test images the whole gate flags;
+   (`trainer.subgroups.evaluate_subgroups`); the share of test images the feature score flags (as `fit`);
 3. a run folder rebuilt under runs/embedded/<name>/ (config.yaml, run.json, metrics.json, plots/: ROC,
    confusion and the reliability diagram redrawn, the training curves of the original run copied), from
    which `hub_cards.write_card` renders demo/models/<name>/README.md;
@@ -39,17 +39,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import gate_data  # noqa: E402
-from bench.ood import read  # noqa: E402
 from hub_cards import write_card  # noqa: E402
 from trainer import ood  # noqa: E402
 from trainer.calibration import Calibration, probabilities_from_logits  # noqa: E402
-from trainer.calibration_plots import plot_reliability  # noqa: E402
 from trainer.config import RunConfig, save_config  # noqa: E402
 from trainer.export import WEIGHTS_NAME, ModelInfo, save_pretrained  # noqa: E402
 from trainer.metrics import choose_thresholds, evaluate_predictions  # noqa: E402
 from trainer.plots import plot_confusion, plot_roc  # noqa: E402
 from trainer.reporting import write_json  # noqa: E402
 from trainer.subgroups import evaluate_subgroups  # noqa: E402
+from trainer.trust import RELIABILITY_PNG, ood_section, write_reliability  # noqa: E402
 
 RUNS = REPO / "runs" / "embedded"
 # What the original runs' run.json said and nothing else keeps (their run folders are gone): from the cards
@@ -108,7 +107,7 @@ def trust_metrics(
         for split in parts
     }
     metrics["calibration"] = calibration.to_dict()
-    metrics["ood"] = {**stats.config_entry(), **_test_flagged(parts["test"].paths, outputs["test"], stats)}
+    metrics["ood"] = ood_section(stats, outputs["test"].features)
     if cfg.data.subgroup_columns:
         metrics["subgroups"] = evaluate_subgroups(
             cfg.data,
@@ -118,17 +117,6 @@ def trust_metrics(
             n_bootstrap=cfg.eval.n_bootstrap,
         )
     return metrics, probs, thresholds
-
-
-def _test_flagged(
-    paths: list[Path], out: gate_data.SplitOutputs, stats: ood.FeatureStatistics
-) -> dict[str, Any]:
-    """The share of the test images the whole gate (image checks and score) flags, as the demo would."""
-    xrays = [read(path) for path in paths]
-    if any(xray is None for xray in xrays):
-        raise RuntimeError("a test image no longer reads: the split's files changed")
-    flagged = [ood.assess(x, f, stats).flagged for x, f in zip(xrays, out.features, strict=True) if x]
-    return {"test_flagged": float(np.mean(flagged)), "n_test": len(flagged)}
 
 
 def run_info(name: str, cfg: RunConfig, info: ModelInfo) -> dict[str, Any]:
@@ -176,21 +164,13 @@ def rebuild_run(
     write_json(run_dir / "run.json", run_info(name, cfg, info))
     write_json(run_dir / "metrics.json", metrics)
     test = gate_data.outputs(name, "test")
-    val = gate_data.outputs(name, "val")
     plot_roc(info.task, info.label_names, test.targets, probs["test"], plots / "roc.png",
              thresholds=thresholds, title=f"ROC, test split ({len(test.targets)} images)")  # fmt: skip
     plot_confusion(metrics["test"], plots / "confusion.png")
     curves = "training_curves.png"  # the original run's: its metrics.csv is gone
     shutil.copyfile(gate_data.MODEL_DIR / name / "plots" / curves, plots / curves)
-    plot_reliability(
-        probabilities_from_logits(test.logits, info.task),
-        probs["test"],
-        test.targets,
-        info.task,
-        plots / "reliability.png",
-        title=f"Test split ({len(test.targets)} images); calibration fitted on {len(val.targets)} validation",
-        ece_chance=metrics["calibration"]["metrics"]["test"]["ece_chance_95"],
-    )
+    write_reliability(calibration, probabilities_from_logits(test.logits, info.task), test.targets, info.task,
+                      plots / RELIABILITY_PNG, "test")  # fmt: skip
     return metrics, thresholds
 
 
