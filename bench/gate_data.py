@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from trainer import calibration, ood  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from trainer.config import RunConfig, load_config  # noqa: E402
 from trainer.data import XRayDataset  # noqa: E402
 from trainer.evaluate import align_labels  # noqa: E402
 from trainer.export import ModelInfo, load_model  # noqa: E402
@@ -62,15 +62,21 @@ def load(name: str) -> tuple[torch.nn.Module, ModelInfo]:
     return load_model(str(MODEL_DIR / name))
 
 
+def model_config(name: str) -> RunConfig:
+    """The model's training config (configs/defaults/<name>.yaml), its data root made absolute."""
+    cfg = load_config(REPO / "configs" / "defaults" / f"{name}.yaml", [])
+    if not Path(cfg.data.root).is_absolute():
+        cfg = replace(cfg, data=replace(cfg.data, root=str((REPO / cfg.data.root).resolve())))
+    return cfg
+
+
 def model_table(name: str, info: ModelInfo) -> tuple[LabelTable, np.ndarray]:
     """The model's label table (in its output order) and its patient-wise split, checked against config.json.
 
     Raises:
         RuntimeError: the split's sizes differ from the ones the model was trained with.
     """
-    cfg = load_config(REPO / "configs" / "defaults" / f"{name}.yaml", [])
-    if not Path(cfg.data.root).is_absolute():
-        cfg = replace(cfg, data=replace(cfg.data, root=str((REPO / cfg.data.root).resolve())))
+    cfg = model_config(name)
     table = align_labels(load_table(cfg.data), info)
     split = patient_split(
         table, val=cfg.data.val_fraction, test=cfg.data.test_fraction, seed=cfg.data.split_seed
