@@ -28,7 +28,7 @@ import hashlib
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +111,10 @@ def trust_metrics(
     if cfg.data.subgroup_columns:
         metrics["subgroups"] = evaluate_subgroups(
             cfg.data,
-            replace(info, thresholds=thresholds),
             parts["test"],
             probs["test"],
+            thresholds,
+            negative_name=info.negative_name,
             n_bootstrap=cfg.eval.n_bootstrap,
         )
     return metrics, probs, thresholds
