@@ -53,9 +53,16 @@ def test_settings_fields_are_the_api_parameters(app: App) -> None:
 
 def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path]) -> None:
     outputs = handlers.predict(app, str(files["png8"]), "tiny", target_class=TOP_CLASS)
-    assert len(outputs) == handlers.PREDICT_OUTPUTS
-    probabilities, decision, overlay, download, (before, after), notes, details, cam_note = outputs
+    assert len(outputs) == len(handlers.PREDICT_OUTPUTS)
+    named = dict(zip(handlers.PREDICT_OUTPUTS, outputs, strict=True))
+    probabilities, decision, overlay, download = (
+        named[k] for k in ("probabilities", "decision", "overlay", "download")
+    )
+    (before, after), details, cam_note = named["before_after"], named["details"], named["map_note"]
     assert set(probabilities) == {"abnormal", "normal"} and "threshold (0.50)" in decision
+    caption = handlers.probabilities_caption(named["result"])["label"]
+    assert caption == "Class probabilities (decision threshold: abnormal ≥ 0.50)"
+    assert named["warning"]["visible"] is False and named["result"]["flagged"] is False
     assert overlay == download and Path(overlay).name in (
         "chest_Grad-CAM_abnormal.png",
         "chest_Grad-CAM_normal.png",
@@ -71,7 +78,8 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
 
 def test_nothing_to_do_without_a_file(app: App) -> None:
     assert all(isinstance(value, type(gr.skip())) for value in handlers.explain(app, None, "tiny"))
-    assert len(handlers.rerun(app, None, "tiny")) == handlers.PREDICT_OUTPUTS
+    assert len(handlers.rerun(app, None, "tiny")) == len(handlers.PREDICT_OUTPUTS)
+    assert len(handlers.clear()) == len(handlers.PREDICT_OUTPUTS)
     with pytest.raises(gr.Error, match="Upload a radiograph first"):
         handlers.analyse(app, None, "tiny", Settings())
 
