@@ -200,7 +200,7 @@ def predict(app: App, file: str | None, model: str | None, **settings: Any) -> t
     return (
         result.probabilities,
         result.decision,
-        gr.update(**warning_banner(result)),
+        warning_markdown(result),
         overlay,
         overlay,
         cam_markdown(result),
@@ -241,8 +241,7 @@ def activations(
     Args:
         layer: the later block's module name (e.g. "blocks.3"); "" or None = the middle block.
 
-    Returns the first convolution's grid, the later block's grid (PNG files), a note on both, and the
-    layer menu for this model.
+    Returns the first convolution's grid, the later block's grid (PNG files) and a note on both.
     """
     if not file:
         raise gr.Error("Upload a radiograph first (or pick an example).", title="No image",
@@ -256,9 +255,13 @@ def activations(
     )
     first, later = grids[0], grids[-1]
     folder = save_files(app, {"first.png": _png(first.image), "later.png": _png(later.image)})
-    loaded = app.predictor.loaded(model)
-    menu = gr.update(choices=layer_choices(loaded), value=later.layer.module if len(grids) > 1 else layer)
-    return str(folder / "first.png"), str(folder / "later.png"), activations_markdown(grids), menu
+    return str(folder / "first.png"), str(folder / "later.png"), activations_markdown(grids)
+
+
+def layer_menu(app: App, model: str | None, layer: str | None) -> dict[str, Any]:
+    """The later-block menu for the model in use (models differ in their blocks)."""
+    choices = layer_choices(app.predictor.loaded(model))
+    return gr.update(choices=choices, value=layer if layer in {module for _, module in choices} else None)
 
 
 def layer_choices(model: LoadedModel | None) -> list[tuple[str, str]]:
@@ -507,30 +510,37 @@ def model_markdown(model: LoadedModel | None) -> str:
 PROBABILITIES = "Class probabilities"
 
 
-def probabilities_caption(data: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The probabilities' caption from `result_data`: the thresholds the decision uses, or that the
-    probabilities mean nothing for this image (so that the panel never gives a second answer)."""
+def present(data: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After a prediction, from its `result_data`: the probabilities' caption and whether the warning shows.
+
+    The caption names the thresholds the decision uses, or says that the probabilities mean nothing for a
+    flagged image, so that the panel never gives a second answer beside the decision.
+    """
+    flagged = bool(data and data.get("flagged"))
+    return gr.update(label=probabilities_caption(data)), gr.update(visible=flagged)
+
+
+def probabilities_caption(data: Mapping[str, Any] | None) -> str:
     if not data:
-        return gr.update(label=PROBABILITIES)
+        return PROBABILITIES
     if not data.get("probabilities_meaningful", True):
-        return gr.update(label=f"{PROBABILITIES}: not meaningful for this image (see the warning)")
+        return f"{PROBABILITIES}: not meaningful for this image (see the warning)"
     thresholds = data.get("thresholds") or {}
     if not thresholds:
-        return gr.update(label=f"{PROBABILITIES} (the decision is the most likely class)")
+        return f"{PROBABILITIES} (the decision is the most likely class)"
     cuts = ", ".join(f"{name} ≥ {cut:.2f}" for name, cut in thresholds.items())
-    return gr.update(label=f"{PROBABILITIES} (decision threshold: {cuts})")
+    return f"{PROBABILITIES} (decision threshold: {cuts})"
 
 
-def warning_banner(result: Prediction) -> dict[str, Any]:
-    """The out-of-distribution warning: visible only when the image is flagged, with every reason."""
+def warning_markdown(result: Prediction) -> str:
+    """The out-of-distribution warning with every reason; "" when the image is not flagged."""
     if not result.withheld:
-        return {"value": "", "visible": False}
+        return ""
     reasons = "\n".join(f"- {reason[:1].upper()}{reason[1:]}." for reason in result.verdict.reasons)
-    return {
-        "value": f"### ⚠ This image is not one the model can judge\n{reasons}\n\nThe decision is withheld; "
-        "the probabilities below are shown for teaching only and are not meaningful for this image.",
-        "visible": True,
-    }
+    return (
+        f"### ⚠ This image is not one the model can judge\n{reasons}\n\nThe decision is withheld; the "
+        "probabilities below are shown for teaching only and are not meaningful for this image."
+    )
 
 
 def notes_markdown(result: Prediction) -> str:

@@ -434,7 +434,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
         steps=steps,
         layer=layer,
         show_activations=show_activations,
-        activations=[first_grid, later_grid, activations_note, layer],
+        activations=[first_grid, later_grid, activations_note],
     )
 
 
@@ -447,8 +447,8 @@ def _wire(app: App, page: _Page) -> None:
         "concurrency_id": MODEL_RUNS,
     }
     predict = {"fn": bind(handlers.predict, app), "outputs": page.results, **analysis}
-    label, result = page.results[0], page.results[-1]
-    caption = {"fn": handlers.probabilities_caption, "inputs": result, "outputs": label, **instant}
+    label, warning, result = page.results[0], page.results[2], page.results[-1]
+    caption = {"fn": handlers.present, "inputs": result, "outputs": [label, warning], **instant}
 
     # A new image runs everything; the old results are cleared first, so that an error never sits next to
     # the previous image's results.
@@ -495,7 +495,7 @@ def _wire(app: App, page: _Page) -> None:
         api_name="activations",
         concurrency_id=MODEL_RUNS,
         trigger_mode="always_last",
-    )
+    ).success(bind(handlers.layer_menu, app), [page.model, page.layer], page.layer, **instant)
 
     # Preprocessing: the checkbox sets the switches to the model's pipeline; touching a switch unticks it
     # (unless the switches again amount to the model's pipeline). Then the image is analysed again.

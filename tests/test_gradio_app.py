@@ -140,3 +140,60 @@ def test_page_shows_the_disclaimer(client: Client) -> None:
     assert "chexlab" in page
     texts = [c.get("props", {}).get("value") for c in config["components"]]
     assert DISCLAIMER in texts
+
+
+def test_a_non_chest_image_is_flagged_and_its_decision_withheld(
+    client: Client, files: dict[str, Path]
+) -> None:
+    result = _predict(client, files["photo"])
+    data = result["result"]
+    assert data["flagged"] is True and data["withheld"] is True and data["decided"] == []
+    assert any("colour photograph" in reason for reason in data["reasons"])
+    assert data["probabilities_meaningful"] is False and set(data["probabilities"]) == {"abnormal", "normal"}
+    assert "ood_score" in data  # None: the tiny model carries no feature statistics
+    assert result["decision"].startswith("**No decision: this looks like a colour photograph")
+    assert "not one the model can judge" in result["warning"] and "colour photograph" in result["warning"]
+    plain = _predict(client, files["png8"])["result"]
+    assert plain["flagged"] is False and plain["reasons"] == [] and plain["decided"]
+    assert _predict(client, files["png8"])["warning"] == ""
+
+
+def test_the_result_carries_the_heatmap_checks(client: Client, files: dict[str, Path]) -> None:
+    result = _predict(client, files["png8"])
+    check = result["result"]["explanation"]
+    assert check["method"] == "Grad-CAM" and check["removed_fraction"] == pytest.approx(0.2)
+    assert 0.0 <= check["score_before_removal"] <= 1.0
+    if check["score_after_removal"] is not None:
+        drop = check["score_before_removal"] - check["score_after_removal"]
+        assert check["score_drop"] == pytest.approx(drop)
+    assert (check["lung_share"] is None) == bool(check["lung_note"])
+    assert "Check of this map." in result["map_note"] and "most salient 20 %" in result["map_note"]
+
+
+@pytest.mark.parametrize("method", ["Integrated Gradients", "SmoothGrad"])
+def test_pixel_attributions_through_the_api(client: Client, files: dict[str, Path], method: str) -> None:
+    overlay, download, note, data = client.predict(
+        handle_file(str(files["png8"])),
+        cam_method=method,
+        target_class="abnormal",
+        baseline="blurred",
+        steps=4,
+        api_name="/explain",
+    )
+    assert note.startswith(f"{method} for **abnormal**") and "Check of this map." in note
+    assert data["explanation"]["method"] == method and data["explanation"]["target"] == "abnormal"
+    assert _pixels(overlay).shape == (512, 512, 3)
+    assert Path(download).name == f"chest_{method.replace(' ', '')}_abnormal.png"
+    with pytest.raises(AppError, match="greater than maximum value 128"):
+        client.predict(handle_file(str(files["png8"])), cam_method=method, steps=1000, api_name="/explain")
+
+
+def test_activation_grids_through_the_api(client: Client, files: dict[str, Path]) -> None:
+    first, later, note = client.predict(
+        handle_file(str(files["png8"])), layer="blocks.3", api_name="/activations"
+    )
+    assert "first convolution (conv_stem)" in note and "(blocks.3)" in note
+    first, later = _pixels(first), _pixels(later)
+    assert first.ndim == 3 and first.shape[2] == 3 and later.ndim == 3 and not np.array_equal(first, later)
+    with pytest.raises(AppError, match="no layer 'nope'"):
+        client.predict(handle_file(str(files["png8"])), layer="nope", api_name="/activations")
