@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from demo import attributions
-from demo.activations import ActivationGrid, activation_layers
+from demo.activations import ActivationGrid, activation_layers, default_layers
 from demo.cam import SLOW_METHODS
 from demo.gallery import GalleryItem
 from demo.heatmap_checks import HeatmapCheck
@@ -259,9 +259,11 @@ def activations(
 
 
 def layer_menu(app: App, model: str | None, layer: str | None) -> dict[str, Any]:
-    """The later-block menu for the model in use (models differ in their blocks)."""
-    choices = layer_choices(app.predictor.loaded(model))
-    return gr.update(choices=choices, value=layer if layer in {module for _, module in choices} else None)
+    """The later-block menu for the model in use (models differ in their blocks), showing the block shown."""
+    loaded = app.predictor.loaded(model)
+    choices = layer_choices(loaded)
+    valid = layer in {module for _, module in choices}
+    return gr.update(choices=choices, value=layer if valid else default_layer(loaded))
 
 
 def layer_choices(model: LoadedModel | None) -> list[tuple[str, str]]:
@@ -269,6 +271,11 @@ def layer_choices(model: LoadedModel | None) -> list[tuple[str, str]]:
     if model is None:
         return []
     return [(layer.title, layer.module) for layer in activation_layers(model.model)[1:]]
+
+
+def default_layer(model: LoadedModel | None) -> str | None:
+    """The later block shown by default (the middle one)."""
+    return None if model is None else default_layers(model.model)[1].module
 
 
 def activations_markdown(grids: Sequence[ActivationGrid]) -> str:
@@ -370,12 +377,17 @@ def slow_warning(method: str) -> None:
         gr.Warning(f"{method} {SLOW_METHODS[method]}; expect a long wait.", title="Slow method")
 
 
-def method_note(method: str, baseline: str, steps: float | None) -> dict[str, Any]:
-    """What the chosen method shows, its baseline and step count, and its CPU time (attributions only)."""
+def method_note(method: str, baseline: str, steps: float | None) -> tuple[dict[str, Any], ...]:
+    """For a pixel attribution: what it shows, its baseline and step count, and its CPU time; then whether
+    the baseline menu (Integrated Gradients only) and the step slider show."""
     if method not in attributions.ATTRIBUTION_METHODS:
-        return gr.update(value="", visible=False)
+        return gr.update(value="", visible=False), gr.update(visible=False), gr.update(visible=False)
     count = int(steps or 0) or None
-    return gr.update(value=attributions.describe(method, steps=count, baseline=baseline), visible=True)
+    return (
+        gr.update(value=attributions.describe(method, steps=count, baseline=baseline), visible=True),
+        gr.update(visible=method == attributions.INTEGRATED_GRADIENTS),
+        gr.update(visible=True),
+    )
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -572,10 +584,11 @@ def check_markdown(check: HeatmapCheck, target: str) -> str:
     if lungs.share is None:
         on_lungs = f"Lung share: not measured, {lungs.note}."
     else:
-        verdict = "more than" if lungs.share > lungs.area else "no more than" if lungs.area else ""
+        area = lungs.area or 0.0  # set whenever the share is
+        verdict = "more than" if lungs.share > area else "no more than"
         on_lungs = (
             f"**{100 * lungs.share:.0f} %** of the map lies on the lung fields, whose box covers "
-            f"{100 * (lungs.area or 0):.0f} % of the image (what an evenly spread map would get): "
+            f"{100 * area:.0f} % of the image (what an evenly spread map would get): "
             f"{verdict} chance."
         )
     removed = f"{100 * deletion.removed:.0f} %"

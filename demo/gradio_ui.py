@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 
 from demo import gradio_handlers as handlers
-from demo.attributions import ATTRIBUTION_METHODS, BASELINE_TEXT, BASELINES, MAX_STEPS
+from demo.attributions import ATTRIBUTION_METHODS, BASELINE_TEXT, MAX_STEPS
 from demo.cam import SLOW_METHODS
 from demo.examples import builtin_example, example_files
 from demo.gallery import GalleryItem, gallery
@@ -325,23 +325,24 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                         elem_id="method",
                     )
                     method_note = gr.Markdown(visible=False, elem_classes="chx-small", elem_id="method-note")
-                    with gr.Row():
-                        baseline = gr.Dropdown(
-                            list(BASELINES),
-                            value=DEFAULT_BASELINE,
-                            label="Integrated Gradients baseline",
-                            info="; ".join(f"{name}: {text}" for name, text in BASELINE_TEXT.items()),
-                            min_width=150,
-                        )
-                        steps = gr.Slider(
-                            0,
-                            MAX_STEPS,
-                            value=DEFAULT_STEPS,
-                            step=1,
-                            label="Steps / noisy copies",
-                            info="0 = the method's default; time grows with the count",
-                            min_width=150,
-                        )
+                    # Shown with a pixel attribution only (handlers.method_note).
+                    baseline = gr.Dropdown(
+                        [(f"{name}: {text}", name) for name, text in BASELINE_TEXT.items()],
+                        value=DEFAULT_BASELINE,
+                        label="Integrated Gradients baseline (what the image is compared with)",
+                        visible=False,
+                        elem_id="baseline",
+                    )
+                    steps = gr.Slider(
+                        0,
+                        MAX_STEPS,
+                        value=DEFAULT_STEPS,
+                        step=1,
+                        label="Steps (IG) / noisy copies (SmoothGrad)",
+                        info="0 = the method's default; the time grows with the count",
+                        visible=False,
+                        elem_id="steps",
+                    )
                     # Custom values: API calls may name another model's classes.
                     target = gr.Dropdown(
                         handlers.target_choices(loaded),
@@ -376,7 +377,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                 with gr.Row():
                     layer = gr.Dropdown(
                         handlers.layer_choices(loaded),
-                        value=None,
+                        value=handlers.default_layer(loaded),
                         label="Later block (default: the middle one)",
                         allow_custom_value=True,
                         elem_id="layer",
@@ -483,7 +484,7 @@ def _wire(app: App, page: _Page) -> None:
         [page.method.input, page.baseline.input, page.steps.release],
         handlers.method_note,
         [page.method, page.baseline, page.steps],
-        page.method_note,
+        [page.method_note, page.baseline, page.steps],
         **instant,
     )
     gr.on(

@@ -19,7 +19,9 @@ from tests.demo_support import ARTIFACTS, chromium, save_tiny_model, serve, writ
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
-HANG_GUARD_MS = 900_000  # Playwright needs a limit; it only stops a hung run, no work has to beat it
+HANG_GUARD_MS = int(
+    os.environ.get("CHEXLAB_HANG_GUARD_MS", "900000")
+)  # Playwright needs a limit; it only stops a hung run, no work has to beat it
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +179,7 @@ def test_a_flagged_upload_shows_the_warning(page, url: str, files: dict[str, Pat
     page.locator("#probabilities").get_by_text("not meaningful for this image").wait_for()
     assert page.locator("#decision").inner_text().startswith("No decision")
     _screenshot(page, "demo-flagged.png")
+    page.locator("#upload").get_by_label("Clear").click()
     _upload(page, files["png8"])  # the next image is judged again: the warning goes
     page.locator("#decision").get_by_text("threshold").wait_for()
     warning.wait_for(state="hidden")
@@ -192,7 +195,7 @@ def test_integrated_gradients_and_the_activation_grid(page, url: str, files: dic
     assert "Baseline:" in page.locator("#method-note").inner_text()
     page.get_by_text("What the network sees").click()
     page.locator("#show-activations").click()
-    page.locator("#activations-note").get_by_text("first convolution").wait_for()
+    page.locator("#activations-note").get_by_text("first convolution (conv_stem)").wait_for()
     for grid in ("#first-grid img", "#later-grid img"):
         image = page.locator(grid).first
         image.wait_for()

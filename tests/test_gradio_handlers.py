@@ -187,8 +187,9 @@ def test_the_gallery_is_the_default_examples_with_labels() -> None:
 
 
 def test_attribution_notes_explain_baseline_steps_and_time() -> None:
-    note = handlers.method_note("Integrated Gradients", "blurred", 64)
+    note, baseline, steps = handlers.method_note("Integrated Gradients", "blurred", 64)
     assert note["visible"] and "blurred copy" in note["value"] and "64 steps" in note["value"]
-    assert " s on one CPU core" in note["value"]
-    assert "noisy copies" in handlers.method_note("SmoothGrad", "black", 0)["value"]
-    assert handlers.method_note("Grad-CAM", "black", 0)["visible"] is False
+    assert " s on one CPU core" in note["value"] and baseline["visible"] and steps["visible"]
+    note, baseline, steps = handlers.method_note("SmoothGrad", "black", 0)
+    assert "noisy copies" in note["value"] and not baseline["visible"] and steps["visible"]
+    assert not any(update["visible"] for update in handlers.method_note("Grad-CAM", "black", 0))
