@@ -160,11 +160,10 @@ def _page(predictor: Predictor) -> None:
     settings = (mode, tuple(models), tuple(variants), images_key, target, method)
     first_open = "comparison" not in st.session_state and images_key == SAMPLES_KEY and mode == "models"
     if run or (first_open and MIN_MODELS <= len(loaded) == len(models)):
-        # First open on the sample gallery: the labelled comparison at once, heatmap checks on request.
+        # First open on the sample gallery: the labelled comparison at once.
         result = _run(
-            predictor, mode, models, variants, images, None if target == TOP_CLASS else target, method,
-            checks=bool(run),
-        )  # fmt: skip
+            predictor, mode, models, variants, images, None if target == TOP_CLASS else target, method
+        )
         if result is not None:
             st.session_state["comparison"], st.session_state["settings"] = result, settings
     shown: Comparison | None = st.session_state.get("comparison")
@@ -261,8 +260,6 @@ def _run(
     images: list[ImageItem],
     target: str | None,
     method: str,
-    *,
-    checks: bool = True,
 ) -> Comparison | None:
     """Run the comparison with a progress bar; None (and a message in place) when it cannot run."""
     bar = st.progress(0.0, text="Starting…")
@@ -272,13 +269,11 @@ def _run(
 
     try:
         if mode == "models":
-            return compare_models(
-                predictor, models, images, target=target, method=method, checks=checks, progress=progress
-            )
+            return compare_models(predictor, models, images, target=target, method=method, progress=progress)
         if not models:
             raise ValueError("pick the model whose preprocessing variants to compare")
         return compare_preprocessing(
-            predictor, models[0], images, variants=variants, target=target, method=method, checks=checks,
+            predictor, models[0], images, variants=variants, target=target, method=method,
             progress=progress,
         )  # fmt: skip
     except USER_ERRORS as err:  # too few models, no images, no variants

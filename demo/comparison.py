@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from demo.cam import model_lock, overlay
+from demo.cam import overlay
 from demo.gallery import gallery
-from demo.heatmap_checks import HeatmapCheck, check_heatmap
+from demo.heatmap_checks import HeatmapCheck
 from demo.predictor import (
     USER_ERRORS,
     LoadedModel,
@@ -511,7 +511,6 @@ def compare_models(
     target: str | None = None,
     method: str = "Grad-CAM",
     opacity: float = 0.4,
-    checks: bool = True,
     progress: Progress | None = None,
 ) -> Comparison:
     """Run 2-4 models, each with its own preprocessing, on the same images.
@@ -523,7 +522,6 @@ def compare_models(
         target: the class the maps explain where a model has it; None = each model's top class.
         method: a CAM method (`demo.cam.CAM_METHODS`).
         opacity: heatmap opacity in the overlays.
-        checks: add the heatmap checks (lung share, deletion drop: one more forward pass per cell).
         progress: called with (fraction done, message) after every cell.
 
     Raises:
@@ -536,7 +534,7 @@ def compare_models(
             f"pick {MIN_MODELS} to {MAX_MODELS} different models to compare; got {len(names)}"
         )
     columns = [Column(name=_column_name(predictor, name), model=name) for name in names]
-    return _compare(predictor, "models", columns, images, target, method, opacity, checks, progress)
+    return _compare(predictor, "models", columns, images, target, method, opacity, progress)
 
 
 def compare_preprocessing(
@@ -548,7 +546,6 @@ def compare_preprocessing(
     target: str | None = None,
     method: str = "Grad-CAM",
     opacity: float = 0.4,
-    checks: bool = True,
     progress: Progress | None = None,
 ) -> Comparison:
     """Run one model on the same images under several preprocessing variants (`VARIANTS`).
@@ -561,7 +558,7 @@ def compare_preprocessing(
     if unknown or not variants:
         raise ComparisonError(f"unknown preprocessing variants {unknown}; valid: {', '.join(VARIANTS)}")
     columns = [Column(name=variant, model=model, toggles=VARIANTS[variant]) for variant in variants]
-    return _compare(predictor, "preprocessing", columns, images, target, method, opacity, checks, progress)
+    return _compare(predictor, "preprocessing", columns, images, target, method, opacity, progress)
 
 
 def _compare(
@@ -572,7 +569,6 @@ def _compare(
     target: str | None,
     method: str,
     opacity: float,
-    checks: bool,
     progress: Progress | None,
 ) -> Comparison:
     if not images:
@@ -602,7 +598,7 @@ def _compare(
                 if read_error is not None:
                     cells.append(Cell(error=read_error))
                 else:
-                    cells.append(_cell(predictor, model, column, item, target, method, opacity, checks))
+                    cells.append(_cell(predictor, model, column, item, target, method, opacity))
                 done += 1
                 report(done / total, f"{column.name} on {item.name}")
             ran = next((cell.prediction.pipeline for cell in cells if cell.prediction is not None), None)
@@ -678,7 +674,6 @@ def _cell(
     target: str | None,
     method: str,
     opacity: float,
-    checks: bool,
 ) -> Cell:
     own_target = target if target in model.outputs else None
     note = None
@@ -694,28 +689,13 @@ def _cell(
     except Exception as err:
         log.exception("%s on %s failed", column.name, item.name)
         return Cell(error=internal_error(err))
-    check = _heatmap_check(model, prediction) if checks else None
+    check = prediction.check
     if prediction.withheld:  # the gate flagged the image: no decision to call right or wrong
         return Cell(_shrunk(prediction), note=note, check=check)
     truth = label_target(model.info, item.label)
     correct = None if truth is None else frozenset(prediction.decided) == _truth_set(model.info, truth)
     abnormal = _abnormal(model.info, prediction.decided)
     return Cell(_shrunk(prediction), abnormal=abnormal, correct=correct, note=note, check=check)
-
-
-def _heatmap_check(model: LoadedModel, prediction: Prediction) -> HeatmapCheck | None:
-    """The lung share and deletion drop of the prediction's heatmap (None, logged, if the check fails)."""
-    try:
-        tensor = model.transform.normalise(prediction.model_input)
-        index = model.target_index(prediction.target)
-        with model_lock(model.model):  # another request's CAM hooks may sit on this model
-            return check_heatmap(
-                model.model, prediction.model_input, tensor, prediction.heatmap, task=model.task,
-                target_index=0 if index is None else index, calibration=model.info.calibration,
-            )  # fmt: skip
-    except Exception:  # the check is an extra: a failure must not cost the prediction
-        log.exception("heatmap check of %s failed", model.name)
-        return None
 
 
 def _shrunk(prediction: Prediction, side: int = THUMBNAIL_SIDE) -> Prediction:

@@ -189,36 +189,27 @@ def compare(
 def first_open(app: App) -> tuple[Any, ...]:
     """What the page shows on first open: the first offered models on the sample gallery, with labels.
 
-    The same for every visitor (the operator's models and files), so it is computed once per predictor;
-    the heatmap checks are left to the **Compare** button to keep the first open quick.
+    The same for every visitor (the operator's models and files), so it is computed once per predictor.
     """
     with _first_open_lock:
         key = id(app.predictor)
         if key not in _first_open_results:
             try:
                 _first_open_results[key] = compare_models(
-                    app.predictor, app.predictor.choices()[:MIN_MODELS], _examples(app), checks=False
+                    app.predictor, app.predictor.choices()[:MIN_MODELS], _examples(app)
                 )
             except USER_ERRORS as err:
-                return (
-                    f"Pick the models and the images, then press **Compare**. ({err})",
-                    None,
-                    None,
-                    None,
-                    None,
-                )
+                note = f"Pick the models and the images, then press **Compare**. ({err})"
+                return (note, None, None, None, None, None)
         result = _first_open_results[key]
-    return _outputs(app, result, note=FIRST_OPEN_NOTE)
-
-
-FIRST_OPEN_NOTE = "Heatmap checks (lung share, drop) are added when you press **Compare**."
+    return _outputs(app, result)
 
 
 def _examples(app: App) -> list[ImageItem]:
     return sample_images(app.examples)
 
 
-def _outputs(app: App, result: Comparison, note: str = "") -> tuple[Any, ...]:
+def _outputs(app: App, result: Comparison) -> tuple[Any, ...]:
     """The headline, the summary table, the paired statistics and subgroups, the grid and the downloads."""
     png, text = grid_png(result), to_csv(result)
     folder = save_files(app, {"chexlab-comparison.png": png, "chexlab-comparison.csv": text.encode()})
@@ -233,8 +224,6 @@ def _outputs(app: App, result: Comparison, note: str = "") -> tuple[Any, ...]:
     if scored or counted:
         parts.append("**By subgroup** (sex, age band, view from the labels)")
         parts += [_markdown_table(scored), counted]
-    if note:
-        parts.append(f"_{note}_")
     stats = "\n\n".join(part for part in parts if part)
     return f"**{result.headline()}**", table, stats, str(png_path), str(csv_path), str(png_path)
 

@@ -24,8 +24,13 @@ from typing import Any
 
 import gradio as gr
 
+from demo import attributions
+from demo.activations import ActivationGrid, activation_layers, default_layers
 from demo.cam import SLOW_METHODS
 from demo.encoding import DISPLAY_SUFFIX, display_bytes, png_bytes
+from demo.gallery import GalleryItem
+from demo.heatmap_checks import HeatmapCheck
+from demo.histograms import histogram_plot
 from demo.predictor import (
     USER_ERRORS,
     LoadedModel,
@@ -40,7 +45,16 @@ from trainer.model_source import quote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SETTINGS_FIELDS", "TOGGLE_FIELDS", "TOP_CLASS", "App", "Settings", "bind"]
+__all__ = [
+    "PREDICT_OUTPUTS",
+    "SETTINGS_FIELDS",
+    "TOGGLE_FIELDS",
+    "TOP_CLASS",
+    "App",
+    "Example",
+    "Settings",
+    "bind",
+]
 
 TOP_CLASS = "Top class"
 DEFAULT_METHOD = "Grad-CAM"
@@ -50,8 +64,50 @@ DOWNLOADS_KEPT = 64  # our own PNG/CSV downloads; Gradio copies what it serves i
 SESSION_MODELS = 8  # models a session keeps in its menu besides the offered ones
 NO_IMAGE = "Upload a radiograph or pick an example to see the model's decision."
 TOGGLE_FIELDS = tuple(field.name for field in dataclasses.fields(Toggles))
-SETTINGS_FIELDS = ("use_model_preprocessing", *TOGGLE_FIELDS, "cam_method", "target_class", "opacity")
-PREDICT_OUTPUTS = 8  # probabilities, decision, overlay, download, before/after, notes, details, map note
+SETTINGS_FIELDS = (
+    "use_model_preprocessing",
+    *TOGGLE_FIELDS,
+    "cam_method",
+    "target_class",
+    "opacity",
+    "baseline",
+    "steps",
+)
+# What /predict returns, in order (the API's outputs; gradio_ui lays out one component for each).
+PREDICT_OUTPUTS = (
+    "probabilities",
+    "decision",
+    "warning",
+    "overlay",
+    "download",
+    "map_note",
+    "before_after",
+    "histograms",
+    "notes",
+    "model_notes",
+    "details",
+    "result",
+)
+EXPLAIN_OUTPUTS = ("overlay", "download", "map_note", "result")
+DEFAULT_BASELINE = "black"
+DEFAULT_STEPS = 0  # 0 = the method's own default step count (the slider's "default" end)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example a visitor can click: the operator's file and what the page calls it (its label first)."""
+
+    path: Path
+    caption: str
+
+    @classmethod
+    def of(cls, item: GalleryItem | Example | str | os.PathLike[str]) -> Example:
+        """From a gallery item (its caption names the label), an Example, or a file (named by its name)."""
+        if isinstance(item, Example):
+            return item
+        if isinstance(item, GalleryItem):
+            return cls(item.path, item.caption)
+        return cls(Path(item), Path(item).name)
 
 
 @dataclass(frozen=True)
@@ -59,8 +115,13 @@ class App:
     """What every handler works with: the shared predictor (models, caches) and the operator's examples."""
 
     predictor: Predictor
-    examples: tuple[Path, ...] = ()
+    gallery: tuple[Example, ...] = ()
     download_dir: Path = DOWNLOAD_DIR
+
+    @property
+    def examples(self) -> tuple[Path, ...]:
+        """The example files, in gallery order."""
+        return tuple(example.path for example in self.gallery)
 
 
 @dataclass(frozen=True)
@@ -72,6 +133,8 @@ class Settings:
     cam_method: str = DEFAULT_METHOD
     target_class: str = TOP_CLASS
     opacity: float = DEFAULT_OPACITY
+    baseline: str = DEFAULT_BASELINE
+    steps: int = DEFAULT_STEPS
 
     @classmethod
     def from_inputs(cls, values: Mapping[str, Any]) -> Settings:
@@ -86,6 +149,8 @@ class Settings:
             cam_method=values.get("cam_method") or default.cam_method,
             target_class=values.get("target_class") or default.target_class,
             opacity=float(values["opacity"]) if values.get("opacity") is not None else default.opacity,
+            baseline=values.get("baseline") or default.baseline,
+            steps=int(values["steps"]) if values.get("steps") is not None else default.steps,
         )
 
     @property
@@ -96,6 +161,11 @@ class Settings:
     @property
     def target(self) -> str | None:
         return None if self.target_class in ("", TOP_CLASS) else self.target_class
+
+    @property
+    def attribution_steps(self) -> int | None:
+        """The step count for Integrated Gradients / SmoothGrad; None = the method's default."""
+        return self.steps if self.steps > 0 else None
 
 
 def bind(handler: Callable[..., Any], app: App) -> Callable[..., Any]:
@@ -117,40 +187,108 @@ def toggle_values(toggles: Toggles) -> list[Any]:
 def predict(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
     """Classify one radiograph and explain the decision.
 
-    Returns the class probabilities, the decision in words, the heatmap overlay, the overlay as a PNG file,
-    the (before, after) preprocessing images, warnings, the image details and a note on the map.
+    Returns (`PREDICT_OUTPUTS`): the class probabilities, the decision in words, the out-of-distribution
+    warning (hidden when there is none), the heatmap overlay, the overlay as a PNG file, a note on the map
+    with its checks, the (before, after) preprocessing images, their intensity histograms, notes on the
+    image, notes on the model, the image details, and the result as data (decision, flag, reasons, OOD
+    score, heatmap checks).
     """
     result = analyse(app, file, model, Settings.from_inputs(settings))
     shown, download = save_overlay(app, result, file or "")
     return (
         result.probabilities,
         result.decision,
+        warning_markdown(result),
         shown,
         download,
-        save_before_after(app, result),
-        notes_markdown(result),
-        details_markdown(result),
         cam_markdown(result),
+        save_before_after(app, result),
+        save_histograms(app, result),
+        notes_markdown(result),
+        model_notes_markdown(result),
+        details_markdown(result),
+        result_data(result),
     )
 
 
 def explain(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
-    """The class activation map alone, for another class, method or opacity.
+    """The heatmap alone, for another class, method (CAM or pixel attribution) or opacity.
 
-    Returns the heatmap overlay, the overlay as a PNG file and a note on the map.
+    Returns (`EXPLAIN_OUTPUTS`): the heatmap overlay, the overlay as a PNG file, a note on the map with its
+    checks, and the result as data.
     """
     if not file:  # the explanation settings changed before any upload: nothing to explain yet
-        return gr.skip(), gr.skip(), gr.skip()
+        return tuple(gr.skip() for _ in EXPLAIN_OUTPUTS)
     result = analyse(app, file, model, Settings.from_inputs(settings))
     shown, download = save_overlay(app, result, file)
-    return shown, download, cam_markdown(result)
+    return shown, download, cam_markdown(result), result_data(result)
 
 
 def rerun(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
     """`predict` after a settings change: nothing to do before a file is there."""
     if not file:
-        return tuple(gr.skip() for _ in range(PREDICT_OUTPUTS))
+        return tuple(gr.skip() for _ in PREDICT_OUTPUTS)
     return predict(app, file, model, **settings)
+
+
+def activations(
+    app: App, file: str | None, model: str | None, layer: str | None, **settings: Any
+) -> tuple[Any, ...]:
+    """What the network sees: the most active channels of the first convolution and of a later block.
+
+    Args:
+        layer: the later block's module name (e.g. "blocks.3"); "" or None = the middle block.
+
+    Returns the first convolution's grid, the later block's grid (PNG files) and a note on both.
+    """
+    if not file:
+        raise gr.Error("Upload a radiograph first (or pick an example).", title="No image",
+                       print_exception=False)  # fmt: skip
+    chosen = Settings.from_inputs(settings)
+    grids = _guarded(
+        file,
+        lambda: app.predictor.activations(
+            file, model=model, toggles=chosen.preprocessing, layer=layer or None
+        ),
+    )
+    first, later = grids[0], grids[-1]
+    folder = save_files(app, {"first.png": png_bytes(first.image), "later.png": png_bytes(later.image)})
+    return str(folder / "first.png"), str(folder / "later.png"), activations_markdown(grids)
+
+
+def layer_menu(app: App, model: str | None, layer: str | None) -> dict[str, Any]:
+    """The later-block menu for the model in use (models differ in their blocks), showing the block shown."""
+    loaded = app.predictor.loaded(model)
+    choices = layer_choices(loaded)
+    valid = layer in {module for _, module in choices}
+    return gr.update(choices=choices, value=layer if valid else default_layer(loaded))
+
+
+def layer_choices(model: LoadedModel | None) -> list[tuple[str, str]]:
+    """The later blocks a visitor can show (title, module name); the first convolution is always shown."""
+    if model is None:
+        return []
+    return [(layer.title, layer.module) for layer in activation_layers(model.model)[1:]]
+
+
+def default_layer(model: LoadedModel | None) -> str | None:
+    """The later block shown by default (the middle one)."""
+    return None if model is None else default_layers(model.model)[1].module
+
+
+def activations_markdown(grids: Sequence[ActivationGrid]) -> str:
+    lines = []
+    for grid in grids:
+        channels, height, width = grid.shape
+        lines.append(
+            f"- **{grid.layer.title}**: the {len(grid.channels)} most active of {channels} channels, each "
+            f"{width}x{height} px at this layer"
+        )
+    return (
+        "Each tile is one channel's feature map (bright = strong response), scaled to its own range, most "
+        "active first. The first convolution responds to edges, gradients and textures; deeper blocks to "
+        "larger patterns at a coarser grid.\n" + "\n".join(lines)
+    )
 
 
 def analyse(app: App, file: str | None, model: str | None, settings: Settings) -> Prediction:
@@ -166,15 +304,25 @@ def analyse(app: App, file: str | None, model: str | None, settings: Settings) -
     if not model:
         raise gr.Error("No model is selected: load one in the Model panel.", title="No model",
                        print_exception=False)  # fmt: skip
-    try:
-        return app.predictor.predict(
+    return _guarded(
+        file,
+        lambda: app.predictor.predict(
             file,
             model=model,
             toggles=settings.preprocessing,
             method=settings.cam_method,
             target=settings.target,
             opacity=settings.opacity,
-        )
+            baseline=settings.baseline,
+            steps=settings.attribution_steps,
+        ),
+    )
+
+
+def _guarded(file: str, run: Callable[[], Any]) -> Any:
+    """`run()` with every failure turned into a `gr.Error` for the user (never a stack trace)."""
+    try:
+        return run()
     except USER_ERRORS as err:
         raise gr.Error(str(err), title="Cannot analyse this file", print_exception=False) from None
     except Exception as err:
@@ -191,7 +339,19 @@ def analyse(app: App, file: str | None, model: str | None, settings: Settings) -
 def clear() -> tuple[Any, ...]:
     """Empty results while a new image is analysed, so that an error never sits beside old results."""
     analysing = gr.update(value="Analysing…", elem_classes=["chx-decision"])
-    return None, analysing, None, None, None, "", "No image yet.", ""
+    empty = {name: None for name in PREDICT_OUTPUTS}
+    return tuple(
+        {
+            **empty,
+            "probabilities": gr.update(value=None, label=PROBABILITIES),
+            "decision": analysing,
+            "warning": gr.update(value="", visible=False),
+            "map_note": "",
+            "notes": "",
+            "model_notes": "",
+            "details": "No image yet.",
+        }.values()
+    )
 
 
 def cleared() -> str:
@@ -213,6 +373,19 @@ def unmark() -> dict[str, Any]:
 def slow_warning(method: str) -> None:
     if method in SLOW_METHODS:
         gr.Warning(f"{method} {SLOW_METHODS[method]}; expect a long wait.", title="Slow method")
+
+
+def method_note(method: str, baseline: str, steps: float | None) -> tuple[dict[str, Any], ...]:
+    """For a pixel attribution: what it shows, its baseline and step count, and its CPU time; then whether
+    the baseline menu (Integrated Gradients only) and the step slider show."""
+    if method not in attributions.ATTRIBUTION_METHODS:
+        return gr.update(value="", visible=False), gr.update(visible=False), gr.update(visible=False)
+    count = int(steps or 0) or None
+    return (
+        gr.update(value=attributions.describe(method, steps=count, baseline=baseline), visible=True),
+        gr.update(visible=method == attributions.INTEGRATED_GRADIENTS),
+        gr.update(visible=True),
+    )
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -344,18 +517,129 @@ def model_markdown(model: LoadedModel | None) -> str:
 # ------------------------------------------------------------------------------------------- results
 
 
+PROBABILITIES = "Class probabilities"
+
+
+def present(data: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After a prediction, from its `result_data`: the probabilities' caption and whether the warning shows.
+
+    The caption names the thresholds the decision uses, or says that the probabilities mean nothing for a
+    flagged image, so that the panel never gives a second answer beside the decision.
+    """
+    flagged = bool(data and data.get("flagged"))
+    return gr.update(label=probabilities_caption(data)), gr.update(visible=flagged)
+
+
+def probabilities_caption(data: Mapping[str, Any] | None) -> str:
+    if not data:
+        return PROBABILITIES
+    if not data.get("probabilities_meaningful", True):
+        return f"{PROBABILITIES}: not meaningful for this image (see the warning)"
+    thresholds = data.get("thresholds") or {}
+    if not thresholds:
+        return f"{PROBABILITIES} (the decision is the most likely class)"
+    cuts = ", ".join(f"{name} ≥ {cut:.2f}" for name, cut in thresholds.items())
+    return f"{PROBABILITIES} (decision threshold: {cuts})"
+
+
+def warning_markdown(result: Prediction) -> str:
+    """The out-of-distribution warning with every reason; "" when the image is not flagged."""
+    if not result.withheld:
+        return ""
+    reasons = "\n".join(f"- {reason[:1].upper()}{reason[1:]}." for reason in result.verdict.reasons)
+    return (
+        f"### ⚠ This image is not one the model can judge\n{reasons}\n\nThe decision is withheld; the "
+        "probabilities below are shown for teaching only and are not meaningful for this image."
+    )
+
+
 def notes_markdown(result: Prediction) -> str:
     lines = [f"- {note}" for note in result.warnings]
     return ("**Notes**\n" + "\n".join(lines)) if lines else ""
 
 
+def model_notes_markdown(result: Prediction) -> str:
+    """The model's own limits (no calibration, no OOD statistics): quiet, beside the model's answer."""
+    return f"About this model: {'; '.join(result.model_notes)}." if result.model_notes else ""
+
+
 def cam_markdown(result: Prediction) -> str:
+    """The map in words: method, class, the image it explains, its two checks, and the time taken.
+
+    A flagged image gets no checks: on what is not a chest radiograph "the lung fields" mean nothing.
+    """
+    checks = (
+        "Checks of the map: not shown, this image is not one the model can judge."
+        if result.withheld
+        else check_markdown(result.check, result.target)
+    )
     return (
         f"{result.method} for **{result.target}** on the image the model saw "
         f"({result.model_input.shape[1]}x{result.model_input.shape[0]} px, preprocessing: "
         f"{describe_pipeline(result.pipeline)}). Red = strongest evidence. "
-        f"Analysed in {result.seconds:.2f} s."
+        f"Analysed in {result.seconds:.2f} s.\n\n{checks}"
     )
+
+
+DROP_THRESHOLD = 0.05  # a probability change smaller than this counts as "hardly changes"
+
+
+def check_markdown(check: HeatmapCheck, target: str) -> str:
+    """The heatmap's two checks in sentences a teacher can point at."""
+    lungs, deletion = check.lungs, check.deletion
+    if lungs.share is None:
+        on_lungs = f"Lung share: not measured, {lungs.note}."
+    else:
+        area = lungs.area or 0.0  # set whenever the share is
+        verdict = "more than" if lungs.share > area else "no more than"
+        on_lungs = (
+            f"**{100 * lungs.share:.0f} %** of the map lies on the lung fields, whose box covers "
+            f"{100 * area:.0f} % of the image (what an evenly spread map would get): "
+            f"{verdict} chance."
+        )
+    removed = f"{100 * deletion.removed:.0f} %"
+    if deletion.drop is None or deletion.after is None:
+        deleted = f"Deletion check: not run (the map marks nothing, so there is no most salient {removed})."
+    else:
+        if deletion.drop >= DROP_THRESHOLD:
+            meaning = "the map points at what the score rests on"
+        elif deletion.drop <= -DROP_THRESHOLD:
+            meaning = "the score rises, so the map does not mark evidence for this class"
+        else:
+            meaning = "the score hardly depends on what the map marks"
+        deleted = (
+            f"Removing the most salient {removed} of the image moves P({target}) from "
+            f"{deletion.before:.2f} to **{deletion.after:.2f}**: {meaning}."
+        )
+    return f"**Check of this map.** {on_lungs} {deleted}"
+
+
+def result_data(result: Prediction) -> dict[str, Any]:
+    """The result as data (the JSON panel and the API): decision, flag, reasons, OOD score, map checks."""
+    check = result.check
+    return {
+        "model": result.model,
+        "decided": list(result.decided),
+        "withheld": result.withheld,
+        "flagged": result.verdict.flagged,
+        "reasons": list(result.verdict.reasons),
+        "ood_score": result.verdict.score,
+        "probabilities": result.probabilities,
+        "probabilities_meaningful": not result.withheld,
+        "thresholds": result.thresholds,
+        "model_notes": list(result.model_notes),
+        "explanation": {
+            "method": result.method,
+            "target": result.target,
+            "lung_share": check.lungs.share,
+            "lung_box_share": check.lungs.area,
+            "lung_note": check.lungs.note,
+            "removed_fraction": check.deletion.removed,
+            "score_before_removal": check.deletion.before,
+            "score_after_removal": check.deletion.after,
+            "score_drop": check.deletion.drop,
+        },
+    }
 
 
 def details_markdown(result: Prediction) -> str:
@@ -382,6 +666,14 @@ def save_overlay(app: App, result: Prediction, file: str) -> tuple[str, str]:
     shown, download = f"{name}{DISPLAY_SUFFIX}", f"{name}.png"
     folder = save_files(app, {shown: display_bytes(result.overlay), download: png_bytes(result.overlay)})
     return str(folder / shown), str(folder / download)
+
+
+def save_histograms(app: App, result: Prediction) -> str:
+    """The intensity histograms before and after preprocessing as one PNG chart (beside the slider)."""
+    before, after = result.histograms
+    chart = histogram_plot(before, after, labels=("before", f"after {describe_pipeline(result.pipeline)}"))
+    folder = save_files(app, {"histograms.png": png_bytes(chart)})
+    return str(folder / "histograms.png")
 
 
 def save_before_after(app: App, result: Prediction) -> tuple[str, str]:

@@ -3,8 +3,9 @@
 `build_demo(predictor)` lays the page out and wires its events to the handlers in `demo/gradio_handlers.py`
 (the Compare page is `demo/gradio_compare.py`); it has no side effects at import. `app.py` launches it with
 `launch_options()` (Gradio 6 takes theme and CSS at launch). The same events serve the browser and the API:
-`/predict` (everything for one image), `/explain` (only the class activation map, for another class,
-method or opacity) and `/compare`, all usable from `gradio_client`.
+`/predict` (everything for one image, with the out-of-distribution flag and the heatmap's checks in its
+`result`), `/explain` (only the heatmap, for another class, method or opacity), `/activations` (what the
+network sees) and `/compare`, all usable from `gradio_client`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,29 @@ from typing import Any
 import gradio as gr
 
 from demo import gradio_handlers as handlers
-from demo.cam import CAM_METHODS, SLOW_METHODS
+from demo.attributions import ATTRIBUTION_METHODS, BASELINE_TEXT, MAX_STEPS
+from demo.cam import SLOW_METHODS
 from demo.encoding import DISPLAY_FORMAT
-from demo.examples import example_files, example_label
+from demo.examples import builtin_example, example_files
+from demo.gallery import GalleryItem, gallery
 from demo.gradio_compare import compare_page
-from demo.gradio_handlers import DEFAULT_METHOD, DEFAULT_OPACITY, NO_IMAGE, TOP_CLASS, App, bind
-from demo.predictor import LoadedModel, Predictor, Toggles
+from demo.gradio_handlers import (
+    DEFAULT_BASELINE,
+    DEFAULT_METHOD,
+    DEFAULT_OPACITY,
+    DEFAULT_STEPS,
+    NO_IMAGE,
+    PROBABILITIES,
+    TOP_CLASS,
+    App,
+    Example,
+    bind,
+)
+from demo.predictor import EXPLANATION_METHODS, LoadedModel, Predictor, Toggles
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DISCLAIMER", "TOP_CLASS", "bind_address", "build_demo", "launch_options"]
+__all__ = ["DISCLAIMER", "TOP_CLASS", "bind_address", "build_demo", "default_examples", "launch_options"]
 
 # Every event that runs a model shares one concurrency group, so that at most CONCURRENCY run at once (the
 # default Space has 2 vCPUs); more requests wait in the queue, up to QUEUE_SIZE.
@@ -50,8 +64,12 @@ INTRO = (
     "regions drove the score. Toggle the preprocessing to see what it does to the image the model sees."
 )
 API_NOTE = (
-    "Everything here is also an API: `/predict`, `/explain` and `/compare`, usable from `gradio_client` "
-    '(see "Use via API" at the bottom of the page).'
+    "Everything here is also an API: `/predict`, `/explain`, `/activations` and `/compare`, usable from "
+    '`gradio_client` (see "Use via API" at the bottom of the page).'
+)
+ACTIVATIONS_INTRO = (
+    "The feature maps of the network's first convolution and of a later block for this image: the channels "
+    "that respond most strongly, one tile each (as the simple-cnn study showed them)."
 )
 PASTE_NOTE = (
     "Copy an image, then press the clipboard button. Pasted images are 8-bit: upload DICOM and 16-bit files "
@@ -82,6 +100,13 @@ CSS = """
 .chx-small { font-size: .88rem; color: var(--body-text-color-subdued); }
 .chx-switches label { white-space: nowrap; }
 .chx-footer { font-size: .85rem; color: var(--body-text-color-subdued); text-align: center; }
+.block.chx-ood { border: 2px solid #e5484d !important; border-left: 8px solid #e5484d !important;
+  background: #fff0f0; color: #7a1116; border-radius: 8px; padding: .7rem 1rem !important; }
+.chx-ood h3 { margin: 0 0 .3rem 0; color: #a1161d; }
+.chx-ood ul { margin: .1rem 0 .3rem 0; }
+.dark .block.chx-ood { background: #3b0d0f; color: #ffb3b5; }
+.dark .chx-ood h3 { color: #ffb3b5; }
+.chx-quiet { font-size: .8rem; color: var(--body-text-color-subdued); }
 """
 
 
@@ -103,18 +128,30 @@ def launch_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def build_demo(predictor: Predictor, *, examples: Sequence[str | Path] | None = None) -> gr.Blocks:
+def default_examples() -> list[Example]:
+    """The labelled sample gallery (demo/examples/), then the operator's CHEXLAB_EXAMPLES files."""
+    found = [Example.of(item) for item in gallery()]
+    known = {example.path for example in found}
+    builtin = builtin_example()
+    extra = [Example.of(path) for path in example_files(limit=64) if path not in known and path != builtin]
+    return found + extra
+
+
+def build_demo(
+    predictor: Predictor, *, examples: Sequence[str | Path | GalleryItem | Example] | None = None
+) -> gr.Blocks:
     """The Gradio app around `predictor`.
 
     Args:
         predictor: loads the models and runs them; its default model is loaded here (a failure is shown in
             the app, which still starts so that another model can be loaded).
-        examples: example files; None = `example_files()` (the built-in DICOM plus CHEXLAB_EXAMPLES).
+        examples: example files or gallery items (shown with their captions); None = `default_examples()`.
 
     Returns:
         The Blocks app, queued for a small CPU machine (two requests at a time).
     """
-    app = App(predictor, tuple(Path(p) for p in (example_files() if examples is None else examples)))
+    chosen = default_examples() if examples is None else [Example.of(item) for item in examples]
+    app = App(predictor, tuple(chosen))
     loaded, startup_error = handlers.load_default(app)
     with gr.Blocks(title="chexlab · chest X-ray demo", delete_cache=DELETE_CACHE) as demo:
         page = _layout(app, loaded, startup_error)
@@ -141,14 +178,18 @@ class _Page:
     use_model: gr.Checkbox
     toggles: dict[str, gr.components.Component]  # by Toggles field name
     prep_note: gr.Markdown
-    results: list[gr.components.Component]  # what /predict returns, in order
-    heatmap: gr.Image
-    download: gr.DownloadButton
-    cam_note: gr.Markdown
+    results: list[gr.components.Component]  # what /predict returns, in order (handlers.PREDICT_OUTPUTS)
+    explained: list[gr.components.Component]  # what /explain returns, in order (handlers.EXPLAIN_OUTPUTS)
     decision: gr.Markdown
     method: gr.Dropdown
+    method_note: gr.Markdown
     target: gr.Dropdown
     opacity: gr.Slider
+    baseline: gr.Dropdown
+    steps: gr.Slider
+    layer: gr.Dropdown
+    show_activations: gr.Button
+    activations: list[gr.components.Component]  # what /activations returns, in order
 
     @property
     def switches(self) -> list[gr.components.Component]:
@@ -164,6 +205,8 @@ class _Page:
             "cam_method": self.method,
             "target_class": self.target,
             "opacity": self.opacity,
+            "baseline": self.baseline,
+            "steps": self.steps,
         }
         return {name: named[name] for name in handlers.SETTINGS_FIELDS}
 
@@ -196,13 +239,13 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                     gr.Markdown(PASTE_NOTE, elem_classes="chx-small")
             analyse = gr.Button("Analyse", variant="primary", elem_id="analyse")
             examples = None
-            if app.examples:
+            if app.gallery:
                 examples = gr.Examples(
-                    [[str(path)] for path in app.examples],
+                    [[str(example.path)] for example in app.gallery],
                     inputs=[file],
-                    label="Examples (click one)",
-                    example_labels=[example_label(path) for path in app.examples],
-                    examples_per_page=9,
+                    label="Examples with their labels (click one)",
+                    example_labels=[example.caption for example in app.gallery],
+                    examples_per_page=20,
                     cache_examples=False,
                     api_visibility="private",
                 )
@@ -245,6 +288,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                 prep_note = gr.Markdown(**handlers.prep_status(loaded, True, own))
             gr.Markdown(API_NOTE, elem_classes="chx-small")
         with gr.Column(scale=7, min_width=420):  # results
+            warning = gr.Markdown(visible=False, elem_classes="chx-ood", elem_id="ood-warning")
             decision = gr.Markdown(
                 NO_IMAGE, label="Decision", elem_classes="chx-decision", elem_id="decision"
             )
@@ -261,17 +305,45 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                     )
                     cam_note = gr.Markdown(label="Map note", elem_classes="chx-small", elem_id="cam-note")
                 with gr.Column(scale=4, min_width=220):
-                    # No heading: the top class can differ from the decision at the model's threshold.
+                    # No heading: the decision above is the answer; the caption gives its thresholds.
                     label = gr.Label(
-                        label="Class probabilities",
+                        label=PROBABILITIES,
                         num_top_classes=6,
                         show_heading=False,
                         elem_id="probabilities",
                     )
+                    model_notes = gr.Markdown(elem_classes="chx-quiet", elem_id="model-notes")
                     methods = [
-                        (f"{name} (slow)" if name in SLOW_METHODS else name, name) for name in CAM_METHODS
+                        (f"{name} (slow)" if name in SLOW_METHODS else name, name)
+                        for name in EXPLANATION_METHODS
                     ]
-                    method = gr.Dropdown(methods, value=DEFAULT_METHOD, label="Explanation method")
+                    method = gr.Dropdown(
+                        methods,
+                        value=DEFAULT_METHOD,
+                        label="Explanation method",
+                        info="CAMs: regions of the last feature map; "
+                        f"{' and '.join(ATTRIBUTION_METHODS)}: pixels",
+                        elem_id="method",
+                    )
+                    method_note = gr.Markdown(visible=False, elem_classes="chx-small", elem_id="method-note")
+                    # Shown with a pixel attribution only (handlers.method_note).
+                    baseline = gr.Dropdown(
+                        [(f"{name}: {text}", name) for name, text in BASELINE_TEXT.items()],
+                        value=DEFAULT_BASELINE,
+                        label="Integrated Gradients baseline (what the image is compared with)",
+                        visible=False,
+                        elem_id="baseline",
+                    )
+                    steps = gr.Slider(
+                        0,
+                        MAX_STEPS,
+                        value=DEFAULT_STEPS,
+                        step=1,
+                        label="Steps (IG) / noisy copies (SmoothGrad)",
+                        info="0 = the method's default; the time grows with the count",
+                        visible=False,
+                        elem_id="steps",
+                    )
                     # Custom values: API calls may name another model's classes.
                     target = gr.Dropdown(
                         handlers.target_choices(loaded),
@@ -282,14 +354,46 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                     opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
                     download = gr.DownloadButton("Download overlay (PNG)", size="md", elem_id="download")
             notes = gr.Markdown(label="Notes", elem_classes="chx-notes", elem_id="notes")
-            before_after = gr.ImageSlider(
-                label="Before / after preprocessing",
-                format=DISPLAY_FORMAT,
-                type="numpy",
-                interactive=False,
-                max_height=520,
-                elem_id="before-after",
-            )
+            with gr.Row(equal_height=False):
+                before_after = gr.ImageSlider(
+                    label="Before / after preprocessing",
+                    format=DISPLAY_FORMAT,
+                    type="numpy",
+                    interactive=False,
+                    max_height=520,
+                    elem_id="before-after",
+                    scale=3,
+                )
+                histograms = gr.Image(
+                    label="Grey levels before / after preprocessing",
+                    format="png",
+                    type="filepath",
+                    interactive=False,
+                    buttons=["fullscreen"],
+                    elem_id="histograms",
+                    scale=2,
+                )
+            with gr.Accordion("What the network sees", open=False, elem_id="activations-panel"):
+                gr.Markdown(ACTIVATIONS_INTRO, elem_classes="chx-small")
+                with gr.Row():
+                    layer = gr.Dropdown(
+                        handlers.layer_choices(loaded),
+                        value=handlers.default_layer(loaded),
+                        label="Later block (default: the middle one)",
+                        allow_custom_value=True,
+                        elem_id="layer",
+                    )
+                    show_activations = gr.Button("Show what the network sees", elem_id="show-activations")
+                with gr.Row(equal_height=False):
+                    first_grid = gr.Image(
+                        label="First convolution", type="filepath", interactive=False, elem_id="first-grid"
+                    )
+                    later_grid = gr.Image(
+                        label="Later block", type="filepath", interactive=False, elem_id="later-grid"
+                    )
+                activations_note = gr.Markdown(elem_classes="chx-small", elem_id="activations-note")
+            with gr.Accordion("Result as data (what /predict returns in `result`)", open=False):
+                result = gr.JSON(label="Result", elem_id="result")
             with gr.Accordion("Image details (DICOM header summary, no identifiers)", open=True):
                 details = gr.Markdown("No image yet.", label="Image details", elem_id="details")
     gr.Markdown(
@@ -308,14 +412,31 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
         use_model=use_model,
         toggles=toggles,
         prep_note=prep_note,
-        results=[label, decision, heatmap, download, before_after, notes, details, cam_note],
-        heatmap=heatmap,
-        download=download,
-        cam_note=cam_note,
+        results=[
+            label,
+            decision,
+            warning,
+            heatmap,
+            download,
+            cam_note,
+            before_after,
+            histograms,
+            notes,
+            model_notes,
+            details,
+            result,
+        ],  # fmt: skip
+        explained=[heatmap, download, cam_note, result],
         decision=decision,
         method=method,
+        method_note=method_note,
         target=target,
         opacity=opacity,
+        baseline=baseline,
+        steps=steps,
+        layer=layer,
+        show_activations=show_activations,
+        activations=[first_grid, later_grid, activations_note],
     )
 
 
@@ -328,33 +449,55 @@ def _wire(app: App, page: _Page) -> None:
         "concurrency_id": MODEL_RUNS,
     }
     predict = {"fn": bind(handlers.predict, app), "outputs": page.results, **analysis}
+    label, warning, result = page.results[0], page.results[2], page.results[-1]
+    caption = {"fn": handlers.present, "inputs": result, "outputs": [label, warning], **instant}
 
     # A new image runs everything; the old results are cleared first, so that an error never sits next to
     # the previous image's results.
     run = gr.on([page.file.upload, page.analyse.click], handlers.clear, outputs=page.results, **instant)
-    run.then(**predict, api_name="predict").failure(handlers.failed, outputs=page.decision, **instant)
+    predicted = run.then(**predict, api_name="predict")
+    predicted.success(**caption)
+    predicted.failure(handlers.failed, outputs=page.decision, **instant)
     pasted = page.pasted.upload(lambda path: path, page.pasted, page.file, **instant)
-    pasted.then(handlers.clear, outputs=page.results, **instant).then(**predict, **private).failure(
-        handlers.failed, outputs=page.decision, **instant
-    )
+    pasted = pasted.then(handlers.clear, outputs=page.results, **instant).then(**predict, **private)
+    pasted.success(**caption)
+    pasted.failure(handlers.failed, outputs=page.decision, **instant)
     if page.examples is not None:  # an example sets the file (by its index: never a visitor's path)
         example = page.examples.load_input_event.then(handlers.clear, outputs=page.results, **instant)
-        example.then(**predict, **private).failure(handlers.failed, outputs=page.decision, **instant)
+        example = example.then(**predict, **private)
+        example.success(**caption)
+        example.failure(handlers.failed, outputs=page.decision, **instant)
     page.file.clear(handlers.clear, outputs=page.results, **instant).then(
         handlers.cleared, outputs=page.decision, **instant
     )
     page.file.change(handlers.unmark, outputs=page.decision, **instant)
 
-    explain_outputs = [page.heatmap, page.download, page.cam_note]
     gr.on(
-        [page.method.input, page.target.input, page.opacity.release],
+        [page.method.input, page.target.input, page.opacity.release, page.baseline.input, page.steps.release],
         bind(handlers.explain, app),
-        outputs=explain_outputs,
+        outputs=page.explained,
         api_name="explain",
         trigger_mode="always_last",
         **analysis,
     )
     page.method.input(handlers.slow_warning, page.method, **instant)
+    gr.on(
+        [page.method.input, page.baseline.input, page.steps.release],
+        handlers.method_note,
+        [page.method, page.baseline, page.steps],
+        [page.method_note, page.baseline, page.steps],
+        **instant,
+    )
+    gr.on(
+        [page.show_activations.click, page.layer.input],
+        bind(handlers.activations, app),
+        inputs=[page.file, page.model, page.layer],
+        inputs_kwargs=page.settings,
+        outputs=page.activations,
+        api_name="activations",
+        concurrency_id=MODEL_RUNS,
+        trigger_mode="always_last",
+    ).success(bind(handlers.layer_menu, app), [page.model, page.layer], page.layer, **instant)
 
     # Preprocessing: the checkbox sets the switches to the model's pipeline; touching a switch unticks it
     # (unless the switches again amount to the model's pipeline). Then the image is analysed again.
@@ -372,7 +515,7 @@ def _wire(app: App, page: _Page) -> None:
         [page.use_model, *switches, page.prep_note],
         inputs_kwargs=page.toggles,
         **private,
-    ).then(**rerun)
+    ).then(**rerun).success(**caption)
     gr.on(
         [page.toggles[name].input for name in handlers.TOGGLE_FIELDS if name != "clip_limit"]
         + [page.toggles["clip_limit"].release],
@@ -381,7 +524,7 @@ def _wire(app: App, page: _Page) -> None:
         [page.use_model, page.prep_note],
         inputs_kwargs=page.toggles,
         **private,
-    ).then(**rerun)
+    ).then(**rerun).success(**caption)
 
     # Models: choosing one loads it (with progress) and resets the preprocessing to its own; a failure says
     # why and puts the previous model back.
@@ -401,5 +544,9 @@ def _wire(app: App, page: _Page) -> None:
         ],
         **private,
     }
-    page.model.input(inputs=[page.model, page.previous, page.session], **loading).then(**rerun)
-    page.hub_id.submit(inputs=[page.hub_id, page.previous, page.session], **loading).then(**rerun)
+    page.model.input(inputs=[page.model, page.previous, page.session], **loading).then(**rerun).success(
+        **caption
+    )
+    page.hub_id.submit(inputs=[page.hub_id, page.previous, page.session], **loading).then(**rerun).success(
+        **caption
+    )

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.preprocess import Pipeline
-
 BINS = 64
 _DPI = 100
 _EXTREME = 0.5 / 255  # within half an 8-bit grey level of 0 or 1 counts as pure black / white
@@ -76,11 +74,11 @@ def intensity_histogram(image: np.ndarray, bins: int = BINS) -> IntensityHistogr
 
 
 def compare_histograms(
-    pixels: np.ndarray, pipeline: Pipeline, bins: int = BINS
+    before: np.ndarray, after: np.ndarray, bins: int = BINS
 ) -> tuple[IntensityHistogram, IntensityHistogram]:
-    """Histograms of a radiograph (float (H, W) in [0, 1], as `load_xray` gives it) before and after
-    `pipeline`."""
-    return intensity_histogram(pixels, bins), intensity_histogram(pipeline.apply(pixels).image, bins)
+    """Histograms of a radiograph (float (H, W) in [0, 1], as `load_xray` gives it) and of the same image
+    after its preprocessing (at its own size: a letterbox's padding would count as black)."""
+    return intensity_histogram(before, bins), intensity_histogram(after, bins)
 
 
 def summary(histogram: IntensityHistogram) -> str:

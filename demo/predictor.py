@@ -29,8 +29,12 @@ from typing import Any, BinaryIO
 import numpy as np
 from torch import nn
 
-from demo.cam import CAM_METHODS, SLOW_METHODS, explain, overlay, prepare_for_cam
+from demo.activations import ActivationGrid, activation_grids, activation_layers, default_layers
+from demo.attributions import ATTRIBUTION_METHODS, BASELINES, MAX_STEPS, explain_attribution
+from demo.cam import CAM_METHODS, SLOW_METHODS, Explanation, explain, model_lock, overlay, prepare_for_cam
 from demo.catalog import MODELS_DIR, ModelCatalog, ModelChoice
+from demo.heatmap_checks import HeatmapCheck, check_heatmap
+from demo.histograms import IntensityHistogram, compare_histograms
 from trainer.errors import ChexlabError
 from trainer.export import ModelInfo, ModelLoadError, load_model
 from trainer.inference import InputTransform, judge
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DISPLAY_SIDE",
+    "EXPLANATION_METHODS",
     "MAX_SIDE",
     "USER_ERRORS",
     "LoadedModel",
@@ -62,10 +67,12 @@ DISPLAY_SIDE = 512  # before/after images and overlays are shown at least this l
 MAX_SIDE = 2048  # uploads are read at most this large (longer side): one request's memory stays bounded
 
 Source = str | os.PathLike[str] | bytes | BinaryIO
+# Every heatmap method the demo offers: the CAMs, then the pixel attributions (Captum).
+EXPLANATION_METHODS: tuple[str, ...] = (*CAM_METHODS, *ATTRIBUTION_METHODS)
 
 
 class RequestError(ChexlabError, ValueError):
-    """A prediction asked for with settings that do not exist (CAM method, opacity)."""
+    """A prediction asked for with settings that do not exist (method, opacity, baseline, steps, layer)."""
 
 
 # The errors a user can fix, shown as they are; anything else is a bug (a short note, the traceback in the
@@ -215,8 +222,12 @@ class Prediction:
     opacity: float
     pipeline: Pipeline  # the preprocessing that ran
     model_pipeline: Pipeline  # the preprocessing the model was trained with
-    warnings: tuple[str, ...]
+    warnings: tuple[str, ...]  # about this image and its preprocessing
     verdict: Verdict  # the OOD gate's: a flagged image gets no decision
+    check: HeatmapCheck  # the heatmap's lung share and deletion drop (demo.heatmap_checks)
+    histograms: tuple[IntensityHistogram, IntensityHistogram]  # grey levels before / after preprocessing
+    model_notes: tuple[str, ...]  # about the model itself: no calibration, no OOD statistics
+    thresholds: dict[str, float]  # the decision threshold per class ({} when the decision is the top class)
     image_info: dict[str, str]  # format, size, bit depth, photometric, display window
     header: dict[str, str]  # the DICOM header summary ({} for other formats); never identifiers
     seconds: float  # server-side time for read + preprocess + forward + CAM
@@ -403,6 +414,8 @@ class Predictor:
         method: str = "Grad-CAM",
         target: str | None = None,
         opacity: float = 0.4,
+        baseline: str = "black",
+        steps: int | None = None,
     ) -> Prediction:
         """Predict and explain one radiograph.
 
@@ -411,18 +424,21 @@ class Predictor:
             model: a model name from `choices()`, a Hub id or (local mode) a folder; None = the default.
             toggles: preprocessing switches; None = the model's own training preprocessing. Switches that
                 amount to the model's pipeline run that pipeline exactly.
-            method: a CAM method (`CAM_METHODS`).
+            method: a CAM method or a pixel attribution (`EXPLANATION_METHODS`).
             target: the class to explain (one of the model's class names); None = the top class.
             opacity: heatmap opacity in the overlay, 0-1.
+            baseline: Integrated Gradients' reference image (`demo.attributions.BASELINES`).
+            steps: Integrated Gradients' path steps or SmoothGrad's noisy copies (1 to `MAX_STEPS`); None =
+                the method's default. Ignored by the CAMs.
 
         Raises:
             XRayReadError: unreadable input. ModelLoadError: the model cannot be loaded.
-            RequestError: an unknown method or an opacity outside [0, 1]. TaskError: an unknown class.
+            RequestError: an unknown method or baseline, an opacity outside [0, 1] or a step count out of
+                range. TaskError: an unknown class.
         """
-        if method not in CAM_METHODS:
-            raise RequestError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
-        if not 0.0 <= opacity <= 1.0:
-            raise RequestError(f"opacity must be between 0 and 1, got {opacity}")
+        _check_request(method, opacity, baseline, steps)
+        if method not in ATTRIBUTION_METHODS:
+            baseline, steps = "black", None  # not used: one cache entry per CAM whatever they say
         name = model if model is not None else self.default
         if name is None:
             raise ModelLoadError("no model is offered: give one (a Hub id such as org/name, or a folder)")
@@ -431,7 +447,7 @@ class Predictor:
         transform = loaded.transform.with_pipeline(_pipeline(loaded, toggles))
         data, file_key = _read_bytes(source)
         prepared_key = (file_key, loaded.source, transform.pipeline.to_json())  # source: also the input size
-        key = (*prepared_key, method, target)
+        key = (*prepared_key, method, target, baseline, steps)
         cached = self._results.get(key) if file_key is not None else None
         if cached is not None:
             return cached.with_opacity(opacity)
@@ -442,16 +458,19 @@ class Predictor:
             shown = transform.display(xray.pixels, max(transform.spec.size, DISPLAY_SIDE))
             if file_key is not None:
                 self._prepared.put(prepared_key, shown)
-        with captured_features(loaded.model) as features:
-            explanation = explain(
-                loaded.model, shown.seen.tensor.to(self.device), task=loaded.task, target_index=target_index,
-                method=method,
-            )  # fmt: skip
+        tensor = shown.seen.tensor.to(self.device)
+        with captured_features(loaded.model) as features:  # the first forward pass is the plain one
+            explanation = _explanation(loaded, tensor, target_index, method, baseline, steps)
         info, task = loaded.info, loaded.task
+        with model_lock(loaded.model):
+            check = check_heatmap(
+                loaded.model, shown.seen.image, tensor, explanation.heatmap, task=task,
+                target_index=explanation.target_index, calibration=info.calibration,
+            )  # fmt: skip
         judged = judge(info, explanation.probabilities, xray, features[0] if features else None)
         probs, decided = judged.probabilities, judged.decided
         explained = task.class_name(loaded.outputs, explanation.target_index)
-        notes = [*xray.warnings, *shown.seen.warnings, *info.notes]
+        notes = [*xray.warnings, *shown.seen.warnings]
         if transform.pipeline != info.pipeline:
             notes.append(
                 f"This model was trained with the preprocessing '{describe_pipeline(info.pipeline)}', but "
@@ -481,6 +500,10 @@ class Predictor:
             model_pipeline=info.pipeline,
             warnings=tuple(dict.fromkeys(notes)),
             verdict=judged.verdict,
+            check=check,
+            histograms=compare_histograms(xray.pixels, shown.preprocessed),
+            model_notes=tuple(dict.fromkeys([*info.notes, *filter(None, [judged.verdict.note])])),
+            thresholds=_thresholds(loaded),
             image_info=_image_info(xray),
             header=dict(xray.header),
             seconds=time.perf_counter() - started,
@@ -488,6 +511,78 @@ class Predictor:
         if file_key is not None:
             self._results.put(key, prediction)
         return prediction
+
+    def activations(
+        self,
+        source: Source,
+        *,
+        model: str | None = None,
+        toggles: Toggles | None = None,
+        layer: str | None = None,
+        top: int = 16,
+    ) -> list[ActivationGrid]:
+        """What the network sees: the most active channels of its first convolution and of a later block.
+
+        Args:
+            source, model, toggles: as for `predict`.
+            layer: the later block, a module name from `activation_layers(model)` (e.g. "blocks.3"); None =
+                the middle block.
+            top: channels per grid.
+
+        Raises:
+            XRayReadError, ModelLoadError: as for `predict`. RequestError: a layer the model does not have.
+        """
+        name = model if model is not None else self.default
+        if name is None:
+            raise ModelLoadError("no model is offered: give one (a Hub id such as org/name, or a folder)")
+        loaded = self.load(name)
+        layers = activation_layers(loaded.model)
+        first, middle = default_layers(loaded.model)
+        chosen = middle if not layer else next((entry for entry in layers if entry.module == layer), None)
+        if chosen is None:
+            valid = ", ".join(entry.module for entry in layers[1:]) or first.module
+            raise RequestError(f"this model has no layer {layer!r} to show; valid: {valid}")
+        transform = loaded.transform.with_pipeline(_pipeline(loaded, toggles))
+        seen = transform(self.read(source).pixels)
+        shown = [first] if chosen == first else [first, chosen]
+        return activation_grids(loaded.model, seen.tensor.to(self.device), shown, top=top)
+
+
+def _check_request(method: str, opacity: float, baseline: str, steps: int | None) -> None:
+    if method not in EXPLANATION_METHODS:
+        raise RequestError(f"unknown explanation method {method!r}; valid: {', '.join(EXPLANATION_METHODS)}")
+    if not 0.0 <= opacity <= 1.0:
+        raise RequestError(f"opacity must be between 0 and 1, got {opacity}")
+    if baseline not in BASELINES:
+        raise RequestError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+
+
+def _explanation(
+    loaded: LoadedModel,
+    tensor: Any,
+    target_index: int | None,
+    method: str,
+    baseline: str,
+    steps: int | None,
+) -> Explanation:
+    """A CAM (`demo.cam.explain`) or a pixel attribution (`demo.attributions.explain_attribution`)."""
+    if method in ATTRIBUTION_METHODS:
+        spec = loaded.transform.spec
+        return explain_attribution(
+            loaded.model, tensor, task=loaded.task, target_index=target_index, method=method, steps=steps,
+            baseline=baseline, mean=spec.mean, std=spec.std,
+        )  # fmt: skip
+    return explain(loaded.model, tensor, task=loaded.task, target_index=target_index, method=method)
+
+
+def _thresholds(loaded: LoadedModel) -> dict[str, float]:
+    """The decision threshold per class name; {} for a multi-class model (its decision is the top class)."""
+    if loaded.task.exclusive:
+        return {}
+    names = loaded.outputs[:1] if loaded.task.single_logit else loaded.info.label_names
+    return {name: float(t) for name, t in zip(names, loaded.info.thresholds, strict=True)}
 
 
 def _pipeline(loaded: LoadedModel, toggles: Toggles | None) -> Pipeline:

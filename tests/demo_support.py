@@ -84,6 +84,7 @@ def write_inputs(folder: Path) -> dict[str, Path]:
         "truncated": folder / "truncated.png",
         "fake_dicom": folder / "renamed.dcm",
         "huge": folder / "huge.png",
+        "photo": folder / "colour-noise.png",
     }
     Image.fromarray(pixels).save(files["png8"])
     # 16-bit with detail below 8-bit resolution: the reader must keep it.
@@ -99,6 +100,9 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     files["truncated"].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
     files["fake_dicom"].write_bytes(b"\x00" * 64 + b"plain bytes that only pretend to be DICOM" * 8)
     Image.new("L", (4000, 3000)).save(files["huge"])  # 12 MP, a few kB: over the tests' pixel limit
+    # Not a radiograph: seeded colour noise, which the OOD gate's image checks flag as a colour picture.
+    colour = np.random.default_rng(0).integers(0, 256, (160, 200, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(files["photo"])
     return files
 
 

@@ -19,7 +19,9 @@ from tests.demo_support import ARTIFACTS, chromium, save_tiny_model, serve, writ
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
-HANG_GUARD_MS = 900_000  # Playwright needs a limit; it only stops a hung run, no work has to beat it
+HANG_GUARD_MS = int(
+    os.environ.get("CHEXLAB_HANG_GUARD_MS", "900000")
+)  # Playwright needs a limit; it only stops a hung run, no work has to beat it
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,58 @@ def test_real_model_and_radiograph(browser, tmp_path: Path) -> None:
             assert "threshold" in page.locator("#decision").inner_text()
     finally:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def gallery_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app with its default examples: the labelled gallery shipped in demo/examples/."""
+    root = tmp_path_factory.mktemp("gallery-app")
+    save_tiny_model(root / "tiny")
+    predictor = Predictor({"tiny": root / "tiny"})
+    with serve(lambda: build_demo(predictor), root / "cache") as url:
+        yield url
+
+
+def test_a_gallery_example_is_labelled_and_one_click_gives_a_prediction(page, gallery_url: str) -> None:
+    _open(page, gallery_url)
+    example = page.get_by_text("Kermany child: viral pneumonia").first  # the label is on the example
+    example.click()
+    _wait_for_results(page)
+    assert "threshold" in page.locator("#decision").inner_text()
+    assert "decision threshold: abnormal ≥ 0.50" in page.locator("#probabilities").inner_text()
+    page.locator("#cam-note").get_by_text("Check of this map.").wait_for()
+    page.locator("#histograms img").first.wait_for()
+    assert not page.locator("#ood-warning").is_visible()
+
+
+def test_a_flagged_upload_shows_the_warning(page, url: str, files: dict[str, Path]) -> None:
+    _open(page, url)
+    _upload(page, files["photo"])
+    warning = page.locator("#ood-warning")
+    warning.get_by_text("not one the model can judge").wait_for()
+    assert "colour photograph" in warning.inner_text()
+    page.locator("#probabilities").get_by_text("not meaningful for this image").wait_for()
+    assert page.locator("#decision").inner_text().startswith("No decision")
+    _screenshot(page, "demo-flagged.png")
+    page.locator("#upload").get_by_label("Clear").click()
+    _upload(page, files["png8"])  # the next image is judged again: the warning goes
+    page.locator("#decision").get_by_text("threshold").wait_for()
+    warning.wait_for(state="hidden")
+
+
+def test_integrated_gradients_and_the_activation_grid(page, url: str, files: dict[str, Path]) -> None:
+    _open(page, url)
+    _upload(page, files["png8"])
+    _wait_for_results(page)
+    page.locator("#method input").click()
+    page.get_by_role("option", name="Integrated Gradients").click()
+    page.locator("#cam-note").get_by_text("Integrated Gradients for").wait_for()
+    assert "Baseline:" in page.locator("#method-note").inner_text()
+    page.get_by_text("What the network sees").click()
+    page.locator("#show-activations").click()
+    page.locator("#activations-note").get_by_text("first convolution (conv_stem)").wait_for()
+    for grid in ("#first-grid img", "#later-grid img"):
+        image = page.locator(grid).first
+        image.wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    _screenshot(page, "demo-ig-activations.png")

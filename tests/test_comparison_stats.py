@@ -61,7 +61,7 @@ def _labelled(workdir: Path, labels: list[str] = LABELS) -> list[ImageItem]:
 def test_known_answer_mcnemar_between_always_and_never(predictor: Predictor, workdir: Path) -> None:
     """ "Always abnormal" is right on the 4 abnormal images, "never" on the 2 normal ones: McNemar's exact
     p-value is the two-sided binomial of 4 of 6, and the AUCs are each model's own on the same images."""
-    result = compare_models(predictor, ["always", "never"], _labelled(workdir), checks=False)
+    result = compare_models(predictor, ["always", "never"], _labelled(workdir))
     report = difference_report(result, n_bootstrap=200)
     assert report is not None and report.n_images == 6
     assert report.question == "Compared on 6 labelled images, by the columns' own classes."
@@ -80,9 +80,7 @@ def test_known_answer_mcnemar_between_always_and_never(predictor: Predictor, wor
 def test_identical_variants_have_the_same_auc(predictor: Predictor, workdir: Path) -> None:
     """A model without preprocessing: "Raw" and "Model's own" run the same pipeline, so the paired
     difference is exactly 0 and the decisions agree image by image."""
-    result = compare_preprocessing(
-        predictor, "plain", _labelled(workdir), variants=["Raw", "Model's own"], checks=False
-    )
+    result = compare_preprocessing(predictor, "plain", _labelled(workdir), variants=["Raw", "Model's own"])
     report = difference_report(result, n_bootstrap=200)
     assert report is not None
     (pair,) = report.pairs
@@ -91,7 +89,7 @@ def test_identical_variants_have_the_same_auc(predictor: Predictor, workdir: Pat
 
 
 def test_different_classes_compare_the_abnormal_call(predictor: Predictor, workdir: Path) -> None:
-    result = compare_models(predictor, ["plain", "classes"], _labelled(workdir), checks=False)
+    result = compare_models(predictor, ["plain", "classes"], _labelled(workdir))
     report = difference_report(result, n_bootstrap=100)
     assert report is not None and "is the image abnormal?" in report.question
     assert "classes" in report.markdown() and "plain" in report.markdown()
@@ -104,14 +102,12 @@ def test_different_classes_compare_the_abnormal_call(predictor: Predictor, workd
 
 
 def test_tiny_and_one_class_label_sets_get_a_sentence(predictor: Predictor, workdir: Path) -> None:
-    few = compare_models(predictor, ["always", "never"], _labelled(workdir)[: MIN_IMAGES - 1], checks=False)
+    few = compare_models(predictor, ["always", "never"], _labelled(workdir)[: MIN_IMAGES - 1])
     report = difference_report(few)
     assert report is not None and not report.pairs
     assert report.sentences()[0].startswith(f"Only {MIN_IMAGES - 1} labelled images can be compared")
 
-    one_class = compare_models(
-        predictor, ["always", "never"], _labelled(workdir, ["abnormal"] * 6), checks=False
-    )
+    one_class = compare_models(predictor, ["always", "never"], _labelled(workdir, ["abnormal"] * 6))
     report = difference_report(one_class, n_bootstrap=100)
     assert report is not None
     assert any(note.startswith("All the labelled images are of one class") for note in report.notes)
@@ -120,12 +116,12 @@ def test_tiny_and_one_class_label_sets_get_a_sentence(predictor: Predictor, work
     assert pair.mcnemar.only_a == 6
 
     unlabelled = [ImageItem(item.name, item.source) for item in _labelled(workdir)]
-    assert difference_report(compare_models(predictor, ["always", "never"], unlabelled, checks=False)) is None
+    assert difference_report(compare_models(predictor, ["always", "never"], unlabelled)) is None
 
 
 def test_a_failed_column_is_left_out_and_named(predictor: Predictor, workdir: Path) -> None:
     missing = str(workdir / "gone")
-    result = compare_models(predictor, ["always", "never", missing], _labelled(workdir), checks=False)
+    result = compare_models(predictor, ["always", "never", missing], _labelled(workdir))
     assert result.failed_columns().keys() == {result.columns[2].name}
     headline = result.headline()
     assert headline.startswith("Only 2 of the 3 models ran") and "agree for all" not in headline
@@ -134,7 +130,7 @@ def test_a_failed_column_is_left_out_and_named(predictor: Predictor, workdir: Pa
     assert report is not None and len(report.pairs) == 1
     assert any(note.startswith("Left out (no results): ") for note in report.notes)
 
-    alone = compare_models(predictor, ["always", missing], _labelled(workdir), checks=False)
+    alone = compare_models(predictor, ["always", missing], _labelled(workdir))
     assert alone.headline().startswith("Nothing to compare: only 1 of 2 models gave results (not loaded: ")
     report = difference_report(alone)
     assert report is not None and report.sentences()[0] == "Only 1 column can be compared: pairs need two."
@@ -160,7 +156,7 @@ def test_flagged_images_are_marked_and_left_out(predictor: Predictor, workdir: P
 
 
 def test_subgroups_show_small_groups_as_counts(predictor: Predictor, workdir: Path) -> None:
-    result = compare_models(predictor, ["always", "never"], _labelled(workdir), checks=False)
+    result = compare_models(predictor, ["always", "never"], _labelled(workdir))
     rows = subgroup_rows(result)
     assert [(row["by"], row["group"], row["images"]) for row in rows] == [("sex", "F", 3), ("sex", "M", 3)]
     assert all(row["always"] == "counts only" for row in rows)

@@ -12,6 +12,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from demo.cam import CAM_METHODS
+from demo.gradio_handlers import PREDICT_OUTPUTS
 from demo.gradio_ui import DISCLAIMER, TOP_CLASS, build_demo
 from demo.predictor import Predictor
 from tests.demo_support import save_tiny_model, serve, write_inputs
@@ -39,8 +40,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> 
 
 def _predict(client: Client, path: Path, **settings) -> dict:
     outputs = client.predict(handle_file(str(path)), **settings, api_name="/predict")
-    names = ("label", "decision", "overlay", "download", "before_after", "notes", "details", "cam_note")
-    return dict(zip(names, outputs, strict=True))
+    return dict(zip(PREDICT_OUTPUTS, outputs, strict=True))
 
 
 def _pixels(path: str) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_named_endpoints(client: Client) -> None:
 @pytest.mark.parametrize("kind", ["png8", "png16", "dicom"])
 def test_predict(client: Client, files: dict[str, Path], kind: str) -> None:
     result = _predict(client, files[kind])
-    confidences = {c["label"]: c["confidence"] for c in result["label"]["confidences"]}
+    confidences = {c["label"]: c["confidence"] for c in result["probabilities"]["confidences"]}
     assert set(confidences) == {"abnormal", "normal"} and sum(confidences.values()) == pytest.approx(1.0)
     decided = "Abnormal" if confidences["abnormal"] >= 0.5 else "Normal"  # the tiny model's threshold
     assert result["decision"].startswith(f"**{decided}**")
@@ -69,7 +69,7 @@ def test_predict(client: Client, files: dict[str, Path], kind: str) -> None:
     assert np.abs(_pixels(result["download"]).astype(int) - overlay.astype(int)).mean() < 3
     before, after = (_pixels(path) for path in result["before_after"])
     assert before.shape[:2] == after.shape[:2] and not np.array_equal(before, after)  # the body crop ran
-    assert "Grad-CAM for" in result["cam_note"]
+    assert "Grad-CAM for" in result["map_note"]
     if kind == "dicom":
         assert "DICOM header" in result["details"] and "Modality **DX**" in result["details"]
         assert not any(fragment in result["details"] for fragment in FRAGMENTS)
@@ -89,7 +89,7 @@ def test_each_switch_changes_what_the_model_sees(client: Client, files: dict[str
 
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 def test_explain_with_every_method(client: Client, files: dict[str, Path], method: str) -> None:
-    overlay, download, note = client.predict(
+    overlay, download, note, _ = client.predict(
         handle_file(str(files["png8"])),
         cam_method=method,
         target_class="normal",
@@ -101,8 +101,8 @@ def test_explain_with_every_method(client: Client, files: dict[str, Path], metho
 
 
 def test_opacity_changes_only_the_blend(client: Client, files: dict[str, Path]) -> None:
-    faint, _, _ = client.predict(handle_file(str(files["png8"])), opacity=0.0, api_name="/explain")
-    strong, _, _ = client.predict(handle_file(str(files["png8"])), opacity=1.0, api_name="/explain")
+    faint, *_ = client.predict(handle_file(str(files["png8"])), opacity=0.0, api_name="/explain")
+    strong, *_ = client.predict(handle_file(str(files["png8"])), opacity=1.0, api_name="/explain")
     faint, strong = _pixels(faint), _pixels(strong)
     assert (faint[..., 0] == faint[..., 2]).all()  # opacity 0: the plain grayscale image
     assert not np.array_equal(faint, strong)
@@ -123,7 +123,7 @@ def test_bad_file_gives_a_message_and_the_server_keeps_serving(
     with pytest.raises(AppError, match=f"(?i){message}") as caught:
         _predict(client, files[kind])
     assert "Traceback" not in str(caught.value)
-    assert _predict(client, files["png8"])["label"]["confidences"]
+    assert _predict(client, files["png8"])["probabilities"]["confidences"]
 
 
 def test_bad_settings_give_messages(client: Client, files: dict[str, Path]) -> None:
@@ -131,7 +131,7 @@ def test_bad_settings_give_messages(client: Client, files: dict[str, Path]) -> N
         _predict(client, files["png8"], target_class="pneumonia")
     with pytest.raises(AppError, match="unknown model 'nope'"):
         _predict(client, files["png8"], model="nope")
-    assert _predict(client, files["png8"], target_class=TOP_CLASS)["label"]
+    assert _predict(client, files["png8"], target_class=TOP_CLASS)["probabilities"]
 
 
 def test_page_shows_the_disclaimer(client: Client) -> None:
@@ -142,3 +142,60 @@ def test_page_shows_the_disclaimer(client: Client) -> None:
     assert "chexlab" in page
     texts = [c.get("props", {}).get("value") for c in config["components"]]
     assert DISCLAIMER in texts
+
+
+def test_a_non_chest_image_is_flagged_and_its_decision_withheld(
+    client: Client, files: dict[str, Path]
+) -> None:
+    result = _predict(client, files["photo"])
+    data = result["result"]
+    assert data["flagged"] is True and data["withheld"] is True and data["decided"] == []
+    assert any("colour photograph" in reason for reason in data["reasons"])
+    assert data["probabilities_meaningful"] is False and set(data["probabilities"]) == {"abnormal", "normal"}
+    assert "ood_score" in data  # None: the tiny model carries no feature statistics
+    assert result["decision"].startswith("**No decision: this looks like a colour photograph")
+    assert "not one the model can judge" in result["warning"] and "colour photograph" in result["warning"]
+    plain = _predict(client, files["png8"])["result"]
+    assert plain["flagged"] is False and plain["reasons"] == [] and plain["decided"]
+    assert _predict(client, files["png8"])["warning"] == ""
+
+
+def test_the_result_carries_the_heatmap_checks(client: Client, files: dict[str, Path]) -> None:
+    result = _predict(client, files["png8"])
+    check = result["result"]["explanation"]
+    assert check["method"] == "Grad-CAM" and check["removed_fraction"] == pytest.approx(0.2)
+    assert 0.0 <= check["score_before_removal"] <= 1.0
+    if check["score_after_removal"] is not None:
+        drop = check["score_before_removal"] - check["score_after_removal"]
+        assert check["score_drop"] == pytest.approx(drop)
+    assert (check["lung_share"] is None) == bool(check["lung_note"])
+    assert "Check of this map." in result["map_note"] and "most salient 20 %" in result["map_note"]
+
+
+@pytest.mark.parametrize("method", ["Integrated Gradients", "SmoothGrad"])
+def test_pixel_attributions_through_the_api(client: Client, files: dict[str, Path], method: str) -> None:
+    overlay, download, note, data = client.predict(
+        handle_file(str(files["png8"])),
+        cam_method=method,
+        target_class="abnormal",
+        baseline="blurred",
+        steps=4,
+        api_name="/explain",
+    )
+    assert note.startswith(f"{method} for **abnormal**") and "Check of this map." in note
+    assert data["explanation"]["method"] == method and data["explanation"]["target"] == "abnormal"
+    assert _pixels(overlay).shape == (512, 512, 3)
+    assert Path(download).name == f"chest_{method.replace(' ', '')}_abnormal.png"
+    with pytest.raises(AppError, match="greater than maximum value 128"):
+        client.predict(handle_file(str(files["png8"])), cam_method=method, steps=1000, api_name="/explain")
+
+
+def test_activation_grids_through_the_api(client: Client, files: dict[str, Path]) -> None:
+    first, later, note = client.predict(
+        handle_file(str(files["png8"])), layer="blocks.3", api_name="/activations"
+    )
+    assert "first convolution (conv_stem)" in note and "(blocks.3)" in note
+    first, later = _pixels(first), _pixels(later)
+    assert first.ndim == 3 and first.shape[2] == 3 and later.ndim == 3 and not np.array_equal(first, later)
+    with pytest.raises(AppError, match="no layer 'nope'"):
+        client.predict(handle_file(str(files["png8"])), layer="nope", api_name="/activations")

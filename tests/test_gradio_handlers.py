@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from demo import gradio_handlers as handlers
-from demo.gradio_handlers import SETTINGS_FIELDS, TOGGLE_FIELDS, TOP_CLASS, App, Settings
-from demo.gradio_ui import build_demo
+from demo.gradio_handlers import SETTINGS_FIELDS, TOGGLE_FIELDS, TOP_CLASS, App, Example, Settings
+from demo.gradio_ui import build_demo, default_examples
+from demo.heatmap_checks import DeletionCheck, HeatmapCheck, LungShare
 from demo.predictor import Predictor, Toggles
 from tests.demo_support import save_tiny_model, write_inputs
 
@@ -53,9 +54,17 @@ def test_settings_fields_are_the_api_parameters(app: App) -> None:
 
 def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path]) -> None:
     outputs = handlers.predict(app, str(files["png8"]), "tiny", target_class=TOP_CLASS)
-    assert len(outputs) == handlers.PREDICT_OUTPUTS
-    probabilities, decision, overlay, download, (before, after), notes, details, cam_note = outputs
+    assert len(outputs) == len(handlers.PREDICT_OUTPUTS)
+    named = dict(zip(handlers.PREDICT_OUTPUTS, outputs, strict=True))
+    probabilities, decision, overlay, download = (
+        named[k] for k in ("probabilities", "decision", "overlay", "download")
+    )
+    (before, after), details, cam_note = named["before_after"], named["details"], named["map_note"]
     assert set(probabilities) == {"abnormal", "normal"} and "threshold (0.50)" in decision
+    caption = handlers.present(named["result"])[0]["label"]
+    assert caption == "Class probabilities (decision threshold: abnormal ≥ 0.50)"
+    assert named["warning"] == "" and named["result"]["flagged"] is False
+    assert handlers.present(named["result"])[1]["visible"] is False
     assert Path(download).name in ("chest_Grad-CAM_abnormal.png", "chest_Grad-CAM_normal.png")
     assert Path(overlay).name == Path(download).stem + ".jpg"  # shown compact, downloaded lossless
     assert Image.open(overlay).format == "JPEG" and Image.open(download).format == "PNG"
@@ -73,7 +82,8 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
 
 def test_nothing_to_do_without_a_file(app: App) -> None:
     assert all(isinstance(value, type(gr.skip())) for value in handlers.explain(app, None, "tiny"))
-    assert len(handlers.rerun(app, None, "tiny")) == handlers.PREDICT_OUTPUTS
+    assert len(handlers.rerun(app, None, "tiny")) == len(handlers.PREDICT_OUTPUTS)
+    assert len(handlers.clear()) == len(handlers.PREDICT_OUTPUTS)
     with pytest.raises(gr.Error, match="Upload a radiograph first"):
         handlers.analyse(app, None, "tiny", Settings())
 
@@ -145,3 +155,43 @@ def test_saved_files_are_pruned(app: App) -> None:
     assert len(kept) <= handlers.DOWNLOADS_KEPT and folders[-1] in kept
     assert (folders[-1] / "x.bin").read_bytes() == str(handlers.DOWNLOADS_KEPT + 4).encode()
     assert not list(folders[-1].glob(".*"))  # no temporary files left behind
+
+
+def test_a_flagged_image_gets_the_warning_and_no_threshold_caption(app: App, files: dict[str, Path]) -> None:
+    named = dict(
+        zip(handlers.PREDICT_OUTPUTS, handlers.predict(app, str(files["photo"]), "tiny"), strict=True)
+    )
+    assert "colour photograph" in named["warning"] and named["decision"].startswith("**No decision")
+    caption, warning = handlers.present(named["result"])
+    assert warning["visible"] is True and "not meaningful" in caption["label"]
+    assert "no calibration" in named["model_notes"] and "no calibration" not in named["notes"]
+
+
+def test_heatmap_checks_in_words() -> None:
+    check = HeatmapCheck(LungShare(0.62, 0.45), DeletionCheck(0.71, 0.52))
+    text = handlers.check_markdown(check, "abnormal")
+    assert "**62 %** of the map lies on the lung fields, whose box covers 45 %" in text
+    assert "more than chance" in text and "from 0.71 to **0.52**: the map points at" in text
+    rising = handlers.check_markdown(HeatmapCheck(LungShare(0.3, 0.45), DeletionCheck(0.4, 0.6)), "viral")
+    assert "no more than chance" in rising and "the score rises" in rising
+    empty = HeatmapCheck(LungShare(None, None, "no lungs found (flat image)"), DeletionCheck(0.5, None))
+    text = handlers.check_markdown(empty, "normal")
+    assert "not measured, no lungs found (flat image)" in text and "Deletion check: not run" in text
+
+
+def test_the_gallery_is_the_default_examples_with_labels() -> None:
+    examples = default_examples()
+    captions = [example.caption for example in examples]
+    assert len(examples) >= 16 and all(example.path.is_file() for example in examples)
+    assert any("No Finding" in caption for caption in captions)
+    assert any("viral pneumonia" in caption for caption in captions)
+    assert Example.of(Path("/x/y/chest.png")) == Example(Path("/x/y/chest.png"), "chest.png")
+
+
+def test_attribution_notes_explain_baseline_steps_and_time() -> None:
+    note, baseline, steps = handlers.method_note("Integrated Gradients", "blurred", 64)
+    assert note["visible"] and "blurred copy" in note["value"] and "64 steps" in note["value"]
+    assert " s on one CPU core" in note["value"] and baseline["visible"] and steps["visible"]
+    note, baseline, steps = handlers.method_note("SmoothGrad", "black", 0)
+    assert "noisy copies" in note["value"] and not baseline["visible"] and steps["visible"]
+    assert not any(update["visible"] for update in handlers.method_note("Grad-CAM", "black", 0))

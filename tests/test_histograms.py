@@ -35,17 +35,17 @@ def test_a_ramp_fills_every_bin_equally_and_channels_are_one_image():
 def test_white_balance_stretches_and_a_crop_drops_pixels():
     image = load_xray(REPO_ROOT / "demo" / "examples" / "nih_00002679_000.png").pixels
     dull = 0.3 + 0.3 * image  # a low-contrast copy in [0.3, 0.6]
-    before, after = compare_histograms(dull, Pipeline.parse("white_balance"))
+    before, after = compare_histograms(dull, Pipeline.parse("white_balance").apply(dull).image)
     assert before.p1 >= 0.3 and before.p99 <= 0.6 and before.black == 0 and before.white == 0
     assert after.p1 < 0.1 and after.p99 > 0.9 and after.black > 0 and after.white > 0
     assert after.pixels == before.pixels
-    _, cropped = compare_histograms(image, Pipeline.parse("crop_lungs"))
+    _, cropped = compare_histograms(image, Pipeline.parse("crop_lungs").apply(image).image)
     assert cropped.pixels < before.pixels and cropped.shares.sum() == pytest.approx(1.0)
 
 
 def test_the_chart_is_an_image_of_both_histograms():
     image = np.clip(np.random.default_rng(0).normal(0.5, 0.15, (64, 64)), 0, 1)
-    before, after = compare_histograms(image, Pipeline.parse("clahe"))
+    before, after = compare_histograms(image, Pipeline.parse("clahe").apply(image).image)
     chart = histogram_plot(before, after, labels=("raw", "CLAHE"), size=(400, 200))
     assert chart.shape == (200, 400, 3) and chart.dtype == np.uint8
     blue = (chart[..., 2] > 150) & (chart[..., 0] < 100)  # tab:blue, the "after" curve

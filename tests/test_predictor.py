@@ -153,7 +153,7 @@ def test_target_class_and_opacity(predictor: Predictor, files: dict[str, Path]) 
     assert clear.heatmap is positive.heatmap  # re-blending runs no model
     with pytest.raises(ValueError, match="opacity"):
         predictor.predict(files["png8"], opacity=1.5)
-    with pytest.raises(ValueError, match="unknown CAM method 'gradcam'"):
+    with pytest.raises(ValueError, match="unknown explanation method 'gradcam'"):
         predictor.predict(files["png8"], method="gradcam")
 
 
@@ -312,3 +312,27 @@ def test_example_files(workdir: Path, tmp_path: Path) -> None:
     assert found[: 1 if builtin else 0] == ([builtin] if builtin else [])
     names = [p.name for p in found[1 if builtin else 0 :]]
     assert len(names) == 4 and names[2:] == ["a0.png", "b0.png"]  # spread across the datasets
+
+
+@pytest.mark.parametrize("method", ["Integrated Gradients", "SmoothGrad"])
+def test_pixel_attributions_checks_and_histograms(
+    predictor: Predictor, files: dict[str, Path], method: str
+) -> None:
+    result = predictor.predict(files["png8"], method=method, steps=4, baseline="blurred")
+    assert result.method == method and result.heatmap.shape == result.model_input.shape
+    assert 0.0 <= result.check.deletion.before <= 1.0 and result.check.deletion.removed == pytest.approx(0.2)
+    before, after = result.histograms
+    assert before.shares.sum() == pytest.approx(1.0) and after.shares.sum() == pytest.approx(1.0)
+    assert result.thresholds == {"abnormal": pytest.approx(0.5)} and result.model_notes
+    with pytest.raises(ValueError, match="steps must be between 1 and"):
+        predictor.predict(files["png8"], method=method, steps=0)
+    with pytest.raises(ValueError, match="unknown baseline 'white'"):
+        predictor.predict(files["png8"], method=method, baseline="white")
+
+
+def test_activation_grids(predictor: Predictor, files: dict[str, Path]) -> None:
+    first, later = predictor.activations(files["png8"], layer="blocks.1", top=4)
+    assert first.layer.module == "conv_stem" and later.layer.module == "blocks.1" and len(later.channels) == 4
+    assert predictor.activations(files["png8"])[1].layer.module == "blocks.2"  # the middle block
+    with pytest.raises(ValueError, match="no layer 'head'"):
+        predictor.activations(files["png8"], layer="head")

@@ -45,6 +45,7 @@ class DisplayedInput:
     seen: ModelInput
     before: np.ndarray  # float32 (D, D): the radiograph as read
     after: np.ndarray  # float32 (D, D): after the pipeline
+    preprocessed: np.ndarray  # float32 (H', W'): after the pipeline at its own size (no letterbox)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class InputTransform:
         fitted, preprocessed, notes = self._fit(pixels)
         after = fitted if side == self.spec.size else fit_to_input(preprocessed, side)
         seen = ModelInput(fitted, self.normalise(fitted), notes)
-        return DisplayedInput(seen, fit_to_input(pixels, side), after)
+        return DisplayedInput(seen, fit_to_input(pixels, side), after, preprocessed)
 
     def _fit(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
         """(letterboxed, preprocessed at full size, warnings)."""

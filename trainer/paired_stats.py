@@ -19,7 +19,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from trainer.metrics import Evaluator, bootstrap_interval, prepare_arrays, resample_counts
 from trainer.task import Task
@@ -208,6 +207,8 @@ def mcnemar(a_correct: Sequence[float] | np.ndarray, b_correct: Sequence[float] 
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     both, neither = int((a & b).sum()), int((~a & ~b).sum())
     discordant = only_a + only_b
+    from scipy import stats  # here: the demo imports this module, and scipy is needed only for a test
+
     if discordant == 0:
         p_value, method = 1.0, "exact binomial"
     elif discordant < MCNEMAR_EXACT_BELOW:
