@@ -28,7 +28,6 @@ import hashlib
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from trainer.config import RunConfig, save_config  # noqa: E402
 from trainer.export import WEIGHTS_NAME, ModelInfo, save_pretrained  # noqa: E402
 from trainer.metrics import choose_thresholds, evaluate_predictions  # noqa: E402
 from trainer.plots import plot_confusion, plot_roc  # noqa: E402
-from trainer.reporting import write_json  # noqa: E402
+from trainer.reporting import recipe, write_json  # noqa: E402
 from trainer.subgroups import evaluate_subgroups  # noqa: E402
 from trainer.trust import RELIABILITY_PNG, ood_section, write_reliability  # noqa: E402
 
@@ -126,19 +125,8 @@ def run_info(name: str, cfg: RunConfig, info: ModelInfo) -> dict[str, Any]:
     return {
         "chexlab_version": info.chexlab_version,
         "dataset": info.training_data,
-        "recipe": {
-            "arch": cfg.model.arch,
-            "init": cfg.model.init,
-            "head": asdict(cfg.model.head),
-            "phases": [asdict(p) for p in cfg.train.phases],
-            "batch_size": cfg.train.batch_size,
-            "optimizer": cfg.train.optimizer,
-            "schedule": cfg.train.schedule,
-            "input_size": int(info.data_config["input_size"][-1]),
-            "pipeline": info.pipeline.to_list(),
-            "augment": asdict(cfg.augment),
-            "tta": False,  # the metrics below are single-pass (see the module docstring)
-        },
+        # tta False: the metrics below are single-pass (see the module docstring)
+        "recipe": recipe(cfg, input_size=int(info.data_config["input_size"][-1]), tta=False),
         "timing": {
             "seconds_per_epoch": recorded["seconds_per_epoch"],
             "images_per_s": recorded["images_per_s"],

@@ -84,6 +84,23 @@ def write_predictions(path: Path, data: RunData, pred: Predictions) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+def recipe(cfg: RunConfig, *, input_size: int, tta: bool) -> dict[str, Any]:
+    """run.json's `recipe`: what a model card says about how the model was trained."""
+    return {
+        "arch": cfg.model.arch,
+        "init": cfg.model.init,
+        "head": asdict(cfg.model.head),
+        "phases": [asdict(p) for p in cfg.train.phases],
+        "batch_size": cfg.train.batch_size,
+        "optimizer": cfg.train.optimizer,
+        "schedule": cfg.train.schedule,
+        "input_size": input_size,
+        "pipeline": cfg.preprocess.to_list(),
+        "augment": asdict(cfg.augment),
+        "tta": tta,
+    }
+
+
 def finish_run(
     cfg: RunConfig,
     data: RunData,
@@ -171,19 +188,7 @@ def finish_run(
     run_info = {
         "chexlab_version": __version__,
         "dataset": dataset,
-        "recipe": {
-            "arch": cfg.model.arch,
-            "init": cfg.model.init,
-            "head": asdict(cfg.model.head),
-            "phases": [asdict(p) for p in cfg.train.phases],
-            "batch_size": cfg.train.batch_size,
-            "optimizer": cfg.train.optimizer,
-            "schedule": cfg.train.schedule,
-            "input_size": input_size,
-            "pipeline": pipeline.to_list(),
-            "augment": asdict(cfg.augment),
-            "tta": cfg.eval.tta,
-        },
+        "recipe": recipe(cfg, input_size=input_size, tta=cfg.eval.tta),
         "timing": {
             "seconds_total": round(seconds, 1),
             "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in epochs])), 2) if epochs else None,
