@@ -286,7 +286,8 @@ def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from trainer.engine import train_one_epoch
+    from trainer.config import TrainConfig
+    from trainer.engine import make_scheduler, train_one_epoch
     from trainer.losses import BinaryLoss
     from trainer.modeling import create_classifier
     from trainer.task import Task
@@ -310,7 +311,7 @@ def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
     model = create_classifier("tf_efficientnet_lite0", 1, drop_rate=0.2)  # chexlab's default head dropout
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(data, batch_size=16))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scheduler = make_scheduler(optimizer, TrainConfig(schedule="constant", warmup_epochs=0.0), batches, 1)
 
     def chexlab() -> None:
         train_one_epoch(
