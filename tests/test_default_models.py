@@ -91,3 +91,28 @@ def test_predict_cli_on_the_default_model(tmp_path: Path) -> None:
                 if row[5] == "0"
                 else (row[5] == "1" and row[3] == "" and row[6])
             )
+
+
+# Logits of the embedded models on five radiographs (four gallery PNGs and the built-in DICOM) through the
+# inference path as it was before the refactor of issue 13 (commit b14319b: load_xray -> prepare_input ->
+# the model), stored once. The path today (load_xray -> InputTransform) must give the same raw logits.
+STORED_LOGITS = REPO_ROOT / "tests" / "data" / "embedded_logits_wave1.npz"
+
+
+@pytest.mark.parametrize("folder", MODELS, ids=[p.name for p in MODELS])
+def test_embedded_models_give_the_logits_stored_before_the_refactor(folder: Path) -> None:
+    from demo.examples import builtin_example
+    from trainer.inference import InputTransform
+    from trainer.io import load_xray
+
+    stored = np.load(STORED_LOGITS)
+    paths = [
+        builtin_example() if name.endswith(".dcm") else REPO_ROOT / "demo" / "examples" / name
+        for name in stored["files"]
+    ]
+    model, info = load_model(str(folder))
+    transform = InputTransform.for_model(info)
+    tensors = torch.stack([transform(load_xray(path).pixels).tensor for path in paths])
+    with torch.no_grad():
+        logits = model(tensors).float().numpy()
+    np.testing.assert_allclose(logits, stored[folder.name.replace("-", "_")], atol=1e-5, rtol=0)
