@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,31 +184,32 @@ def toggle_values(toggles: Toggles) -> list[Any]:
 # ----------------------------------------------------------------------------------------- analysis
 
 
-def predict(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
+def predict(app: App, file: str | None, model: str | None, **settings: Any) -> Iterator[tuple[Any, ...]]:
     """Classify one radiograph and explain the decision.
 
     Returns (`PREDICT_OUTPUTS`): the class probabilities, the decision in words, the out-of-distribution
     warning (hidden when there is none), the heatmap overlay, the overlay as a PNG file, a note on the map
     with its checks, the (before, after) preprocessing images, their intensity histograms, notes on the
     image, notes on the model, the image details, and the result as data (decision, flag, reasons, OOD
-    score, heatmap checks).
+    score, heatmap checks). The page gets them in two updates: everything but the PNG file, the map's
+    checks and the histograms as soon as the model has answered, then those (`Predictor.predict_in_stages`).
     """
-    result = analyse(app, file, model, Settings.from_inputs(settings))
-    shown, download = save_overlay(app, result, file or "")
-    return (
-        result.probabilities,
-        result.decision,
-        warning_markdown(result),
-        shown,
-        download,
-        cam_markdown(result),
-        save_before_after(app, result),
-        save_histograms(app, result),
-        notes_markdown(result),
-        model_notes_markdown(result),
-        details_markdown(result),
-        result_data(result),
-    )
+    for result in analyse_in_stages(app, file, model, Settings.from_inputs(settings)):
+        shown, download = save_overlay(app, result, file or "", download=result.complete)
+        yield (
+            result.probabilities,
+            result.decision,
+            warning_markdown(result),
+            shown,
+            download if download is not None else gr.skip(),
+            cam_markdown(result),
+            save_before_after(app, result),
+            save_histograms(app, result) if result.complete else gr.skip(),
+            notes_markdown(result),
+            model_notes_markdown(result),
+            details_markdown(result),
+            result_data(result),
+        )
 
 
 def explain(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
@@ -224,11 +225,12 @@ def explain(app: App, file: str | None, model: str | None, **settings: Any) -> t
     return shown, download, cam_markdown(result), result_data(result)
 
 
-def rerun(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
+def rerun(app: App, file: str | None, model: str | None, **settings: Any) -> Iterator[tuple[Any, ...]]:
     """`predict` after a settings change: nothing to do before a file is there."""
     if not file:
-        return tuple(gr.skip() for _ in PREDICT_OUTPUTS)
-    return predict(app, file, model, **settings)
+        yield tuple(gr.skip() for _ in PREDICT_OUTPUTS)
+        return
+    yield from predict(app, file, model, **settings)
 
 
 def activations(
@@ -297,6 +299,14 @@ def analyse(app: App, file: str | None, model: str | None, settings: Settings) -
     Raises:
         gr.Error: no file, no model, or the prediction failed (the message says why).
     """
+    *_, complete = analyse_in_stages(app, file, model, settings)
+    return complete
+
+
+def analyse_in_stages(
+    app: App, file: str | None, model: str | None, settings: Settings
+) -> Iterator[Prediction]:
+    """`Predictor.predict_in_stages`, failures turned into messages as in `analyse`."""
     if not file:
         raise gr.Error(
             "Upload a radiograph first (or pick an example).", title="No image", print_exception=False
@@ -304,9 +314,9 @@ def analyse(app: App, file: str | None, model: str | None, settings: Settings) -
     if not model:
         raise gr.Error("No model is selected: load one in the Model panel.", title="No model",
                        print_exception=False)  # fmt: skip
-    return _guarded(
+    stages = _guarded(
         file,
-        lambda: app.predictor.predict(
+        lambda: app.predictor.predict_in_stages(
             file,
             model=model,
             toggles=settings.preprocessing,
@@ -317,6 +327,8 @@ def analyse(app: App, file: str | None, model: str | None, settings: Settings) -
             steps=settings.attribution_steps,
         ),
     )
+    while (result := _guarded(file, lambda: next(stages, None))) is not None:
+        yield result
 
 
 def _guarded(file: str, run: Callable[[], Any]) -> Any:
@@ -568,11 +580,12 @@ def cam_markdown(result: Prediction) -> str:
 
     A flagged image gets no checks: on what is not a chest radiograph "the lung fields" mean nothing.
     """
-    checks = (
-        "Checks of the map: not shown, this image is not one the model can judge."
-        if result.withheld
-        else check_markdown(result.check, result.target)
-    )
+    if result.withheld:
+        checks = "Checks of the map: not shown, this image is not one the model can judge."
+    elif result.check is None:
+        checks = "Checking the map…"
+    else:
+        checks = check_markdown(result.check, result.target)
     return (
         f"{result.method} for **{result.target}** on the image the model saw "
         f"({result.model_input.shape[1]}x{result.model_input.shape[0]} px, preprocessing: "
@@ -617,6 +630,8 @@ def check_markdown(check: HeatmapCheck, target: str) -> str:
 def result_data(result: Prediction) -> dict[str, Any]:
     """The result as data (the JSON panel and the API): decision, flag, reasons, OOD score, map checks."""
     check = result.check
+    lungs = check.lungs if check is not None else None
+    deletion = check.deletion if check is not None else None
     return {
         "model": result.model,
         "decided": list(result.decided),
@@ -631,13 +646,14 @@ def result_data(result: Prediction) -> dict[str, Any]:
         "explanation": {
             "method": result.method,
             "target": result.target,
-            "lung_share": check.lungs.share,
-            "lung_box_share": check.lungs.area,
-            "lung_note": check.lungs.note,
-            "removed_fraction": check.deletion.removed,
-            "score_before_removal": check.deletion.before,
-            "score_after_removal": check.deletion.after,
-            "score_drop": check.deletion.drop,
+            # None while the checks run (the first of predict's two updates)
+            "lung_share": lungs and lungs.share,
+            "lung_box_share": lungs and lungs.area,
+            "lung_note": lungs and lungs.note,
+            "removed_fraction": deletion and deletion.removed,
+            "score_before_removal": deletion and deletion.before,
+            "score_after_removal": deletion and deletion.after,
+            "score_drop": deletion and deletion.drop,
         },
     }
 
@@ -654,22 +670,27 @@ def details_markdown(result: Prediction) -> str:
     return text
 
 
-def save_overlay(app: App, result: Prediction, file: str) -> tuple[str, str]:
-    """The overlay as two files: one to show (compact: `demo/encoding.py`), one to download (PNG).
+def save_overlay(app: App, result: Prediction, file: str, *, download: bool = True) -> tuple[str, str | None]:
+    """The overlay as two files: one to show (compact: `demo/encoding.py`), one to download (lossless PNG).
 
-    Both are named after the upload, the method and the class; returns (shown, download) paths.
+    Both are named after the upload, the method and the class; returns (shown, download) paths, download
+    None when not asked for (its PNG encoding costs more than the rest of the response).
     """
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(file).stem)[:60] or "radiograph"
     method = result.method.replace("+", "plus").replace(" ", "")
     target = "".join(c if c.isalnum() else "_" for c in result.target)
     name = f"{stem}_{method}_{target}"
-    shown, download = f"{name}{DISPLAY_SUFFIX}", f"{name}.png"
-    folder = save_files(app, {shown: display_bytes(result.overlay), download: png_bytes(result.overlay)})
-    return str(folder / shown), str(folder / download)
+    files = {f"{name}{DISPLAY_SUFFIX}": display_bytes(result.overlay)}
+    if download:
+        files[f"{name}.png"] = png_bytes(result.overlay)
+    folder = save_files(app, files)
+    return str(folder / f"{name}{DISPLAY_SUFFIX}"), str(folder / f"{name}.png") if download else None
 
 
 def save_histograms(app: App, result: Prediction) -> str:
     """The intensity histograms before and after preprocessing as one PNG chart (beside the slider)."""
+    if result.histograms is None:
+        raise ValueError("a prediction's histograms come with its second stage (Prediction.complete)")
     before, after = result.histograms
     chart = histogram_plot(before, after, labels=("before", f"after {describe_pipeline(result.pipeline)}"))
     folder = save_files(app, {"histograms.png": png_bytes(chart)})

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -224,18 +224,24 @@ class Prediction:
     model_pipeline: Pipeline  # the preprocessing the model was trained with
     warnings: tuple[str, ...]  # about this image and its preprocessing
     verdict: Verdict  # the OOD gate's: a flagged image gets no decision
-    check: HeatmapCheck  # the heatmap's lung share and deletion drop (demo.heatmap_checks)
-    histograms: tuple[IntensityHistogram, IntensityHistogram]  # grey levels before / after preprocessing
+    # The extras, None in the first stage of `Predictor.predict_in_stages` (not computed yet):
+    check: HeatmapCheck | None  # the heatmap's lung share and deletion drop (demo.heatmap_checks)
+    histograms: tuple[IntensityHistogram, IntensityHistogram] | None  # grey levels before / after
     model_notes: tuple[str, ...]  # about the model itself: no calibration, no OOD statistics
     thresholds: dict[str, float]  # the decision threshold per class ({} when the decision is the top class)
     image_info: dict[str, str]  # format, size, bit depth, photometric, display window
     header: dict[str, str]  # the DICOM header summary ({} for other formats); never identifiers
-    seconds: float  # server-side time for read + preprocess + forward + CAM
+    seconds: float  # server-side time for read + preprocess + forward + CAM (+ the extras, once computed)
 
     @property
     def withheld(self) -> bool:
         """Whether the decision is withheld: the image does not look like what the model was trained on."""
         return self.verdict.flagged
+
+    @property
+    def complete(self) -> bool:
+        """Whether the extras (heatmap checks, histograms) are in."""
+        return self.check is not None and self.histograms is not None
 
     @property
     def custom_preprocessing(self) -> bool:
@@ -417,7 +423,7 @@ class Predictor:
         baseline: str = "black",
         steps: int | None = None,
     ) -> Prediction:
-        """Predict and explain one radiograph.
+        """Predict and explain one radiograph, with the heatmap checks and histograms (`predict_in_stages`).
 
         Args:
             source: a file path, bytes or a binary file object (DICOM, PNG 8/16-bit, JPEG, TIFF, BMP).
@@ -436,6 +442,32 @@ class Predictor:
             RequestError: an unknown method or baseline, an opacity outside [0, 1] or a step count out of
                 range. TaskError: an unknown class.
         """
+        *_, prediction = self.predict_in_stages(
+            source, model=model, toggles=toggles, method=method, target=target, opacity=opacity,
+            baseline=baseline, steps=steps,
+        )  # fmt: skip
+        return prediction
+
+    def predict_in_stages(
+        self,
+        source: Source,
+        *,
+        model: str | None = None,
+        toggles: Toggles | None = None,
+        method: str = "Grad-CAM",
+        target: str | None = None,
+        opacity: float = 0.4,
+        baseline: str = "black",
+        steps: int | None = None,
+    ) -> Iterator[Prediction]:
+        """`predict` in two stages: the answer as soon as the model has given it, then the same prediction
+        with its extras (the heatmap checks, two more model-sized steps, and the histograms of the full-size
+        image), so that a page shows the probabilities, decision and map without waiting for them.
+
+        Yields the first stage (`check` and `histograms` None), then the complete prediction; only the
+        complete one when it was cached. Arguments and errors as `predict`; errors come from the first
+        `next()`.
+        """
         _check_request(method, opacity, baseline, steps)
         if method not in ATTRIBUTION_METHODS:
             baseline, steps = "black", None  # not used: one cache entry per CAM whatever they say
@@ -450,7 +482,8 @@ class Predictor:
         key = (*prepared_key, method, target, baseline, steps)
         cached = self._results.get(key) if file_key is not None else None
         if cached is not None:
-            return cached.with_opacity(opacity)
+            yield cached.with_opacity(opacity)
+            return
         started = time.perf_counter()
         xray = self._read(data, file_key, source)
         shown = self._prepared.get(prepared_key) if file_key is not None else None
@@ -462,11 +495,6 @@ class Predictor:
         with captured_features(loaded.model) as features:  # the first forward pass is the plain one
             explanation = _explanation(loaded, tensor, target_index, method, baseline, steps)
         info, task = loaded.info, loaded.task
-        with model_lock(loaded.model):
-            check = check_heatmap(
-                loaded.model, shown.seen.image, tensor, explanation.heatmap, task=task,
-                target_index=explanation.target_index, calibration=info.calibration,
-            )  # fmt: skip
         judged = judge(info, explanation.probabilities, xray, features[0] if features else None)
         probs, decided = judged.probabilities, judged.decided
         explained = task.class_name(loaded.outputs, explanation.target_index)
@@ -500,17 +528,30 @@ class Predictor:
             model_pipeline=info.pipeline,
             warnings=tuple(dict.fromkeys(notes)),
             verdict=judged.verdict,
-            check=check,
-            histograms=compare_histograms(xray.pixels, shown.preprocessed),
+            check=None,
+            histograms=None,
             model_notes=tuple(dict.fromkeys([*info.notes, *filter(None, [judged.verdict.note])])),
             thresholds=_thresholds(loaded),
             image_info=_image_info(xray),
             header=dict(xray.header),
             seconds=time.perf_counter() - started,
         )
+        yield prediction
+        with model_lock(loaded.model):
+            check = check_heatmap(
+                loaded.model, shown.seen.image, tensor, explanation.heatmap, task=task,
+                target_index=explanation.target_index, calibration=info.calibration,
+                logits=explanation.logits,
+            )  # fmt: skip
+        prediction = dataclasses.replace(
+            prediction,
+            check=check,
+            histograms=compare_histograms(xray.pixels, shown.preprocessed),
+            seconds=time.perf_counter() - started,
+        )
         if file_key is not None:
             self._results.put(key, prediction)
-        return prediction
+        yield prediction
 
     def activations(
         self,

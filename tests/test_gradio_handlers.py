@@ -53,9 +53,17 @@ def test_settings_fields_are_the_api_parameters(app: App) -> None:
 
 
 def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path]) -> None:
-    outputs = handlers.predict(app, str(files["png8"]), "tiny", target_class=TOP_CLASS)
-    assert len(outputs) == len(handlers.PREDICT_OUTPUTS)
+    first, outputs = list(handlers.predict(app, str(files["png8"]), "tiny", target_class=TOP_CLASS))
+    assert len(first) == len(outputs) == len(handlers.PREDICT_OUTPUTS)
+    # The first update: the answer and the map; the lossless download, the checks and histograms follow.
+    early = dict(zip(handlers.PREDICT_OUTPUTS, first, strict=True))
+    pending = [name for name, value in early.items() if value == gr.skip()]
+    assert pending == ["download", "histograms"] and early["map_note"].endswith("Checking the map…")
+    assert early["result"]["explanation"]["score_drop"] is None
     named = dict(zip(handlers.PREDICT_OUTPUTS, outputs, strict=True))
+    assert Path(named["overlay"]).read_bytes() == Path(early["overlay"]).read_bytes()
+    assert named["probabilities"] == early["probabilities"]
+    assert "Checking" not in named["map_note"] and named["result"]["explanation"]["score_drop"] is not None
     probabilities, decision, overlay, download = (
         named[k] for k in ("probabilities", "decision", "overlay", "download")
     )
@@ -82,7 +90,8 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
 
 def test_nothing_to_do_without_a_file(app: App) -> None:
     assert all(isinstance(value, type(gr.skip())) for value in handlers.explain(app, None, "tiny"))
-    assert len(handlers.rerun(app, None, "tiny")) == len(handlers.PREDICT_OUTPUTS)
+    (skipped,) = handlers.rerun(app, None, "tiny")
+    assert len(skipped) == len(handlers.PREDICT_OUTPUTS)
     assert len(handlers.clear()) == len(handlers.PREDICT_OUTPUTS)
     with pytest.raises(gr.Error, match="Upload a radiograph first"):
         handlers.analyse(app, None, "tiny", Settings())
@@ -112,7 +121,7 @@ def test_anything_else_is_a_short_message_with_the_traceback_in_the_log(
     def broken(*args: object, **kwargs: object) -> None:
         raise IndexError("tensor index 7 is out of bounds in /srv/secret/path.py")
 
-    monkeypatch.setattr(app.predictor, "predict", broken)
+    monkeypatch.setattr(app.predictor, "predict_in_stages", broken)
     with caplog.at_level(logging.ERROR), pytest.raises(gr.Error) as caught:
         handlers.analyse(app, str(files["png8"]), "tiny", Settings())
     assert "internal error (IndexError)" in caught.value.message and "/srv/secret" not in caught.value.message
@@ -159,7 +168,7 @@ def test_saved_files_are_pruned(app: App) -> None:
 
 def test_a_flagged_image_gets_the_warning_and_no_threshold_caption(app: App, files: dict[str, Path]) -> None:
     named = dict(
-        zip(handlers.PREDICT_OUTPUTS, handlers.predict(app, str(files["photo"]), "tiny"), strict=True)
+        zip(handlers.PREDICT_OUTPUTS, [*handlers.predict(app, str(files["photo"]), "tiny")][-1], strict=True)
     )
     assert "colour photograph" in named["warning"] and named["decision"].startswith("**No decision")
     caption, warning = handlers.present(named["result"])

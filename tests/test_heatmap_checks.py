@@ -10,7 +10,7 @@ from torch import nn
 
 import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
 from demo.cam import explain, prepare_for_cam
-from demo.heatmap_checks import check_heatmap, deletion_check, lung_share
+from demo.heatmap_checks import check_heatmap, deletion_check, impute_linear, lung_share
 from tests.synthetic import radiograph
 from trainer.calibration import Calibration
 from trainer.inference import InputTransform
@@ -144,3 +144,39 @@ def test_checks_on_a_real_grad_cam_of_a_timm_model() -> None:
         assert result.lungs.share is not None and 0.0 <= result.lungs.share <= 1.0
         assert result.deletion.after is not None and 0.0 <= result.deletion.after <= 1.0
     assert result.deletion.before == pytest.approx(float(explanation.probabilities[0]), abs=1e-5)
+
+
+# pytorch-grad-cam's own imputer hands a tensor to numpy, which warns; the warning is theirs.
+@pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
+@pytest.mark.parametrize("shape", [(3, 40, 56), (1, 17, 9)])
+def test_the_linear_imputation_equals_pytorch_grad_cams_road_imputer(shape: tuple[int, int, int]) -> None:
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=shape).astype(np.float32)
+    removed = rng.random(shape[1:]) < 0.3
+    removed[:4, :4] = True  # a corner block: border pixels lose the weight of their missing neighbours
+    theirs = NoisyLinearImputer(noise=0.0)(
+        torch.from_numpy(image), torch.from_numpy((~removed).astype(np.float32))
+    )
+    ours = impute_linear(image, removed)
+    assert ours.dtype == np.float32 and np.abs(ours - theirs.numpy()).max() < 1e-5
+    assert np.array_equal(ours[:, ~removed], image[:, ~removed])  # known pixels are untouched
+    assert np.array_equal(impute_linear(image, np.zeros(shape[1:], dtype=bool)), image)
+
+
+def test_the_explanations_logits_give_the_same_check_without_the_extra_forward() -> None:
+    calls = []
+
+    class Counting(RegionModel):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    model = Counting(*EVIDENCE).eval()
+    x, region = _input()
+    fresh = deletion_check(model, x, region, task="binary", target_index=1)
+    assert len(calls) == 2
+    reused = deletion_check(model, x, region, task="binary", target_index=1, logits=model(x[None])[0])
+    assert len(calls) == 4  # the call above, and only the imputed image inside the check
+    assert reused == fresh

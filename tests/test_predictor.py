@@ -336,3 +336,24 @@ def test_activation_grids(predictor: Predictor, files: dict[str, Path]) -> None:
     assert predictor.activations(files["png8"])[1].layer.module == "blocks.2"  # the middle block
     with pytest.raises(ValueError, match="no layer 'head'"):
         predictor.activations(files["png8"], layer="head")
+
+
+def test_predict_in_stages_gives_the_answer_first_and_the_same_prediction_complete(
+    workdir: Path, files: dict[str, Path]
+) -> None:
+    predictor = Predictor({"tiny": workdir / "models" / "tiny"})
+    first, complete = predictor.predict_in_stages(files["png8"], model="tiny")
+    assert not first.complete and first.check is None and first.histograms is None
+    assert complete.complete and complete.check is not None and complete.histograms is not None
+    for field in ("probabilities", "decided", "decision", "target", "heatmap", "overlay", "verdict"):
+        assert _equal(getattr(first, field), getattr(complete, field)), field
+    # The check's "before" is the class probability the first stage showed (no second forward of its own).
+    explained = complete.probabilities[complete.target]
+    assert complete.check.deletion.before == pytest.approx(explained, abs=1e-6)
+    assert _equal(predictor.predict(files["png8"], model="tiny").heatmap, complete.heatmap)
+    (cached,) = predictor.predict_in_stages(files["png8"], model="tiny")  # complete at once
+    assert cached.complete
+
+
+def _equal(a: object, b: object) -> bool:
+    return bool(np.array_equal(a, b)) if isinstance(a, np.ndarray) else a == b
