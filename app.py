@@ -8,8 +8,10 @@ not a loopback address, or with CHEXLAB_PUBLIC=1; CHEXLAB_PUBLIC=0 forces local 
 
 import logging
 
+from demo.cpu_server import leave_out_gpu_compiler
 from trainer.allocator import Profile, tune_allocator
 
+leave_out_gpu_compiler()  # before torch is imported: the demo runs on the CPU (see demo/cpu_server.py)
 tune_allocator(Profile.SERVER)  # before the request threads exist: see trainer/allocator.py
 
 from demo.catalog import is_public  # noqa: E402

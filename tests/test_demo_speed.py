@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -155,3 +156,19 @@ def test_the_http_benchmark_never_sends_a_cached_image(tmp_path: Path) -> None:
     assert len({path.read_bytes() for path in copies}) == 3
     for copy in pixels:
         assert copy.dtype == original.dtype and np.count_nonzero(copy != original) == 1
+
+
+def test_the_app_leaves_the_gpu_compiler_out_and_still_predicts(files: dict[str, Path]) -> None:
+    # app.py builds the demo on the embedded default model at import; then one prediction on the CPU.
+    code = (
+        "import sys, app\n"
+        "from torch.utils._triton import has_triton\n"
+        "from demo.predictor import Predictor\n"
+        "loaded = [name for name, module in sys.modules.items() if name.startswith('triton') and module]\n"
+        f"prediction = Predictor.from_env().predict({str(files['png16'])!r})\n"
+        "print(loaded, has_triton(), sorted(prediction.probabilities))\n"
+    )
+    env = {**os.environ, "CHEXLAB_PUBLIC": "0"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[] False ['abnormal', 'normal']"
