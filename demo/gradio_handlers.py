@@ -680,11 +680,11 @@ def save_overlay(app: App, result: Prediction, file: str, *, download: bool = Tr
     method = result.method.replace("+", "plus").replace(" ", "")
     target = "".join(c if c.isalnum() else "_" for c in result.target)
     name = f"{stem}_{method}_{target}"
-    files = {f"{name}{DISPLAY_SUFFIX}": display_bytes(result.overlay)}
-    if download:
-        files[f"{name}.png"] = png_bytes(result.overlay)
-    folder = save_files(app, files)
-    return str(folder / f"{name}{DISPLAY_SUFFIX}"), str(folder / f"{name}.png") if download else None
+    # Separate folders: the shown file keeps its path when the download joins it (the page's second update),
+    # so the browser does not fetch the same picture again.
+    shown = save_files(app, {f"{name}{DISPLAY_SUFFIX}": display_bytes(result.overlay)})
+    lossless = save_files(app, {f"{name}.png": png_bytes(result.overlay)}) if download else None
+    return str(shown / f"{name}{DISPLAY_SUFFIX}"), str(lossless / f"{name}.png") if lossless else None
 
 
 def save_histograms(app: App, result: Prediction) -> str:
