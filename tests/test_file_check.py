@@ -82,6 +82,40 @@ def test_results_are_cached_by_path_size_and_mtime(tmp_path: Path, monkeypatch: 
     assert read == []
 
 
+def test_quick_identities_agree_with_problem_and_identity(tmp_path: Path) -> None:
+    root, away = tmp_path / "data", tmp_path / "away"
+    (root / "sub").mkdir(parents=True)
+    away.mkdir()
+    for file in (root / "plain.png", root / "sub" / "inner.png", away / "x.png"):
+        file.write_bytes(_encoded("PNG"))
+    (root / "dir.png").mkdir()
+    os.symlink(root / "plain.png", root / "link.png")  # a file symlink: left to problem()
+    os.symlink(root / "sub", root / "alias")  # a folder symlink that stays inside the root
+    os.symlink(away, root / "out")  # one that leads outside
+    images = FileImages(root)
+    refs = ["plain.png", "sub/inner.png", "alias/inner.png", "link.png", "out/x.png", "dir.png", "gone.png"]
+    quick = images.quick_identities(refs)
+    assert [q is not None for q in quick] == [True, True, True, False, False, False, False]
+    for ref, identity in zip(refs, quick, strict=True):
+        if identity is not None:
+            assert images.problem(ref) is None and identity == images.identity(ref)
+    assert (
+        images.problem("out/x.png") == f"outside the data root {root} (through a symlink to {away / 'x.png'})"
+    )
+    # Cached passes never hide a problem the quick look leaves to problem().
+    table = read_csv_labels(
+        write_csv(
+            root / "labels.csv", ["path", "patient_id", "label"], [[r, i, i % 2] for i, r in enumerate(refs)]
+        )
+    )
+    for _ in range(2):
+        with pytest.raises(DataError) as error:
+            check_files(table, cache_dir=tmp_path / "cache")
+        message = str(error.value)
+        assert "3 of 7 images" in message and "line 6: out/x.png: outside the data root" in message
+        assert "line 7: dir.png: not a file" in message and "line 8: gone.png: file not found" in message
+
+
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CHEXLAB_CACHE", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x"

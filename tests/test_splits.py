@@ -15,7 +15,7 @@ from trainer.data import check_files
 from trainer.label_readers import read_csv_labels
 from trainer.labels import DataError, LabelTable, derive_binary
 from trainer.nih import read_nih_labels
-from trainer.splits import patient_split, read_split, write_split
+from trainer.splits import _patient_groups, _strata, patient_split, read_split, write_split
 
 # --------------------------------------------------------------------------------------------------- splits
 
@@ -69,6 +69,39 @@ def test_patient_split_spreads_rare_findings() -> None:
         split = patient_split(table, seed=seed)
         for name in ("train", "val", "test"):
             assert np.any(table.targets[split == name, rare] == 1), (seed, name)
+
+
+def _strata_patient_by_patient(table: LabelTable) -> dict[str, str]:
+    """patient_split's strata as its docstring states them, one patient at a time."""
+    rows_of: dict[str, list[int]] = {}
+    for i, pid in enumerate(table.patient_ids):
+        rows_of.setdefault(pid, []).append(i)
+    targets = table.targets.reshape(len(table), -1)
+    positive = {
+        pid: set(np.flatnonzero(np.any(targets[rows] == 1, axis=0)).tolist()) for pid, rows in rows_of.items()
+    }
+    if table.task.single_logit:
+        return {pid: "1" if cols else "0" for pid, cols in positive.items()}
+    freq = Counter(c for cols in positive.values() for c in cols)
+    return {
+        pid: table.label_names[min(cols, key=lambda c: (freq[c], c))] if cols else "-"
+        for pid, cols in positive.items()
+    }
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_strata_follow_the_rule_per_patient(task: str) -> None:
+    table = synthetic_table(task, 200, seed=6, classes=6)
+    if task == "multilabel":  # unknowns, and two findings equally rare (ties go to the first column)
+        table.targets[::7, 2] = np.nan
+        table.targets[:, 5] = table.targets[:, 4]
+    strata = _strata(table, _patient_groups(table))
+    assert strata == _strata_patient_by_patient(table)
+    assert list(strata) == sorted(set(table.patient_ids))
+    if task == "binary":
+        assert set(strata.values()) == {"0", "1"}
+    else:
+        assert {"c4", "-"} <= set(strata.values()) and "c5" not in strata.values()
 
 
 def test_patient_split_rejects_bad_fractions_and_warns_when_too_small() -> None:

@@ -144,14 +144,17 @@ def check_files(
     started = time.perf_counter()
     images = table.images
     cache = CheckCache(cache_dir, images, "decode" if decode else "header")
+    quick = images.quick_identities(table.refs)
 
     def check(index: int) -> tuple[str | None, int | None]:
         ref = table.refs[index]
-        problem = images.problem(ref)
-        if problem is not None:
-            return problem, None
+        identity = quick[index]
+        if identity is None:
+            problem = images.problem(ref)
+            if problem is not None:
+                return problem, None
         try:
-            key = cache.key(images.identity(ref))
+            key = cache.key(images.identity(ref) if identity is None else identity)
             if key in cache.known:
                 return None, key
             head, tail, size = images.ends(ref)
@@ -166,11 +169,18 @@ def check_files(
             problem = f"unreadable: {exc.strerror or exc}"
         return problem, key if problem is None else None
 
+    # Images known good from a quick look pass here, in this thread; threads would only contend for the GIL.
+    results: list[tuple[str | None, int | None]] = [
+        (None, None if identity is None else cache.key(identity)) for identity in quick
+    ]
+    todo = [i for i, (_, key) in enumerate(results) if key not in cache.known]
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
     # Chunks of rows, not one task per row: a future per image costs more than checking a cached one.
-    chunks = [range(start, min(start + 512, len(table))) for start in range(0, len(table), 512)]
+    chunks = [todo[start : start + 512] for start in range(0, len(todo), 512)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = [r for part in pool.map(lambda rows: [check(i) for i in rows], chunks) for r in part]
+        for rows, part in zip(chunks, pool.map(lambda rows: [check(i) for i in rows], chunks), strict=True):
+            for index, result in zip(rows, part, strict=True):
+                results[index] = result
     cached = sum(key in cache.known for _, key in results if key is not None)
     cache.save(key for _, key in results if key is not None)
     problems = [f"{table.where(i)}: {msg}" for i, (msg, _) in enumerate(results) if msg is not None]

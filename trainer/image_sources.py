@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 
 __all__ = ["HEAD_BYTES", "TAIL_BYTES", "FileImages", "ImageSource", "split_ref"]
 
@@ -67,6 +68,14 @@ class ImageSource(ABC):
         """A problem visible without reading the image (outside the root, missing), else None."""
         return None
 
+    def quick_identities(self, refs: Sequence[str]) -> list[Identity | None]:
+        """``identity(ref)`` of each reference that cheaply shows it has no ``problem``; None for the others.
+
+        For the file check of 100k images: a source that can answer for many references at once does so
+        here; None means "ask ``problem`` and ``identity``".
+        """
+        return [None] * len(refs)
+
     def ends(self, ref: str) -> tuple[bytes, bytes, int]:
         """The first HEAD_BYTES and last TAIL_BYTES of the image, and its size, for the header check."""
         data = self.read(ref)
@@ -96,6 +105,8 @@ class FileImages(ImageSource):
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(os.path.abspath(root))
+        # To join references by hand: os.path.join(self.root, ref) costs more than the stat of the file.
+        self._prefix = os.path.join(self.root, "")
 
     def ref(self, path: str | os.PathLike) -> str:
         """The reference of an (absolute or root-relative) path: relative to the root, forward slashes."""
@@ -106,7 +117,11 @@ class FileImages(ImageSource):
 
     def path(self, ref: str) -> Path:
         """The absolute, normalised path of a reference (symlinks not resolved)."""
-        return Path(os.path.normpath(os.path.join(self.root, ref)))
+        return Path(self._file(ref))
+
+    def _file(self, ref: str) -> str:
+        """``path(ref)`` as a string, without making a Path (for the check of 100k images)."""
+        return os.path.normpath(ref if ref.startswith(os.sep) else self._prefix + ref)
 
     def read(self, ref: str) -> bytes:
         return self.path(ref).read_bytes()
@@ -115,6 +130,27 @@ class FileImages(ImageSource):
         path = self.path(ref)
         stat = path.stat()
         return [str(path), stat.st_mtime_ns, stat.st_size]
+
+    def quick_identities(self, refs: Sequence[str]) -> list[Identity | None]:
+        """One ``lstat`` per reference: a regular file (not a symlink) whose folder resolves inside the root
+        has no ``problem``; each folder is resolved once. Symlinks, missing files and the like get None."""
+        inside = os.path.join(os.path.realpath(self.root), "")
+        folder_inside: dict[str, bool] = {}
+        out: list[Identity | None] = []
+        for ref in refs:
+            path = self._file(ref)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                out.append(None)
+                continue
+            folder = path.rpartition(os.sep)[0] or os.sep
+            if folder not in folder_inside:
+                real = os.path.join(os.path.realpath(folder), "")
+                folder_inside[folder] = real.startswith(inside)
+            plain = S_ISREG(info.st_mode) and folder_inside[folder]
+            out.append([path, info.st_mtime_ns, info.st_size] if plain else None)
+        return out
 
     def describe(self) -> str:
         return f"files under {self.root}"
@@ -134,11 +170,17 @@ class FileImages(ImageSource):
         return None
 
     def ends(self, ref: str) -> tuple[bytes, bytes, int]:
-        with self.path(ref).open("rb") as handle:
-            head = handle.read(HEAD_BYTES)
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_BYTES))
-            return head, handle.read(TAIL_BYTES), size
+        # os-level reads: a buffered file object costs more than the two small reads (first runs of 100k).
+        handle = os.open(self._file(ref), os.O_RDONLY)
+        try:
+            size = os.fstat(handle).st_size
+            return (
+                os.pread(handle, HEAD_BYTES, 0),
+                os.pread(handle, TAIL_BYTES, max(0, size - TAIL_BYTES)),
+                size,
+            )
+        finally:
+            os.close(handle)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FileImages) and other.root == self.root

@@ -100,14 +100,14 @@ def read_csv_table(path: Path) -> tuple[list[str], pd.DataFrame, np.ndarray]:
         width = len(header)
         for row in reader:
             if len(row) == width:
-                cells.append(row)
+                # Stripped here, not column by column in pandas, which costs a Python call per cell anyway.
+                cells.append(list(map(str.strip, row)))
                 lines.append(reader.line_num)
             elif any(c.strip() for c in row):
                 problems.append(f"line {reader.line_num}: {len(row)} fields, the header has {width}")
     if problems:
         raise DataError(problem_report(f"{path}: {len(problems)} malformed rows", problems))
     frame = pd.DataFrame(cells, columns=header, dtype=object)
-    frame = frame.apply(lambda column: column.str.strip()) if len(frame) else frame
     filled = (frame != "").any(axis=1).to_numpy()
     if not filled.any():
         raise DataError(f"{path} has a header but no rows")
