@@ -373,3 +373,13 @@ def test_schedule_counts_optimiser_updates_under_gradient_accumulation(tmp_path:
     history = pd.read_csv(engine.fit(cfg, progress=False) / "metrics.csv")
     # half-way through a cosine schedule the factor is 0.5; counting micro-batches would have reached ~0
     assert history["lr"].tolist() == pytest.approx([1e-3, 5e-4], rel=0.15)
+
+
+def test_fit_starts_without_the_plotting_libraries() -> None:
+    # matplotlib and scikit-learn are needed for the run's report only: not on fit's path to its first step.
+    code = (
+        "import sys, trainer.cli, trainer.engine; print(sorted({'matplotlib', 'sklearn'} & set(sys.modules)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert run.stdout.strip() == "[]"

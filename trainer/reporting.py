@@ -22,7 +22,6 @@ from trainer.config import RunConfig
 from trainer.integrity import write_checksums
 from trainer.metrics import choose_thresholds, evaluate_predictions
 from trainer.ood import fit_statistics
-from trainer.plots import plot_confusion, plot_roc, plot_training_curves
 from trainer.subgroups import evaluate_subgroups
 from trainer.trust import RELIABILITY_PNG, ood_section, summary_lines, with_split_metrics, write_reliability
 
@@ -164,6 +163,9 @@ def finish_run(
     write_json(run_dir / "metrics.json", metrics)
     for split, pred in predictions.items():
         write_predictions(run_dir / f"predictions_{split}.csv", data, pred)
+
+    # here: matplotlib and scikit-learn cost fit's start-up about a second (issue 14) and are needed only now
+    from trainer.plots import plot_confusion, plot_roc, plot_training_curves
 
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
