@@ -73,7 +73,7 @@ def test_images_are_read_lazily_in_worker_processes(saved: Path, rows: list[dict
     dataset = XRayDataset(table, SPEC, cache_dir=tmp_path / "cache")
     indices = [int(i) for batch in DataLoader(dataset, batch_size=5, num_workers=2) for i in batch[2]]
     assert indices == list(range(len(rows)))
-    assert len(list((tmp_path / "cache").rglob("*.npz"))) == len(rows)  # one preprocessed image per row
+    assert len(list((tmp_path / "cache").rglob("*.u16"))) == len(rows)  # one preprocessed image per row
     assert len(list((tmp_path / "cache" / "file-checks").rglob("*.npy"))) == 2  # the two file-check results
 
 

@@ -65,8 +65,8 @@ def test_csv_hf_and_tfrecord_inputs_give_the_same_run(tmp_path: Path) -> None:
         metrics = json.loads((runs[name] / "metrics.json").read_text())["test"]["headline"]
         assert metrics == json.loads((runs["csv"] / "metrics.json").read_text())["test"]["headline"]
         # The preprocessing cache was filled from the container's images, one file per image seen.
-        cached = len(list((tmp_path / "cache" / name).glob("??/*.npz")))
-        assert cached == len(list((tmp_path / "cache" / "csv").glob("??/*.npz"))) > len(rows) / 2
+        cached = len(list((tmp_path / "cache" / name).glob("??/*.u16")))
+        assert cached == len(list((tmp_path / "cache" / "csv").glob("??/*.u16"))) > len(rows) / 2
 
 
 @pytest.mark.parametrize("fmt", ["hf", "tfrecord"])

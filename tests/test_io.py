@@ -553,6 +553,19 @@ def test_png_16bit_is_divided_by_65535_without_clipping() -> None:
     assert xray.bit_depth == 16 and xray.photometric == "I;16"
 
 
+@pytest.mark.parametrize(("dtype", "sbit", "divisor"), [(np.uint8, None, 255), (np.uint16, None, 65535),
+                                                      (np.uint16, 12, 4095)])  # fmt: skip
+def test_png_levels_are_the_float64_quotients_rounded_to_float32(
+    dtype: type, sbit: int | None, divisor: int
+) -> None:
+    # Every level of the bit depth: float32 pixels bit for bit as dividing in float64 and rounding would give.
+    pixels = np.arange(divisor + 1, dtype=dtype).reshape(-1, 64)
+    png = image_bytes(pixels, "PNG")
+    xray = load_xray(with_sbit(png, sbit) if sbit else png)
+    assert xray.pixels.dtype == np.float32
+    np.testing.assert_array_equal(xray.pixels, (pixels / divisor).astype(np.float32))
+
+
 @pytest.mark.parametrize(("high", "divisor", "bits"), [(4095, 4095, 12), (60000, 65535, 16)])
 def test_png_16bit_significant_bits(high: int, divisor: int, bits: int) -> None:
     # sBIT 12 with values <= 4095: unscaled 12-bit data. With larger values the writer shifted them up.

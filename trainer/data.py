@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import warnings
-import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,14 +35,29 @@ __all__ = ["XRayDataset", "check_files", "make_loaders"]
 logger = logging.getLogger(__name__)
 
 # Bump whenever load_xray, the preprocessing ops or fit_to_input change their output (old cache files miss).
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
-def _save_npz(path: Path, array: np.ndarray) -> None:
-    # An uncompressed zip: its CRC-32 makes reading a damaged cache file fail instead of training on it.
-    # Through a handle: np.savez given a path not ending in .npz (atomic_write's temporary) appends .npz.
-    with path.open("wb") as handle:
-        np.savez(handle, image=array)
+def _encode(image: np.ndarray) -> bytes:
+    """A cache file: the little-endian uint16 pixels, then their CRC-32 (a damaged file reads as a miss)."""
+    pixels = image.astype("<u2", copy=False).tobytes()
+    return pixels + zlib.crc32(pixels).to_bytes(4, "little")
+
+
+def _read_cache(path: Path, size: int) -> np.ndarray | None:
+    """The (size, size) uint16 image of a cache file; None when it is missing, unreadable or damaged."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("ignoring unreadable cache file %s (%s)", path, exc)
+        return None
+    pixels = memoryview(blob)[:-4]
+    if len(blob) != 2 * size * size + 4 or zlib.crc32(pixels) != int.from_bytes(blob[-4:], "little"):
+        logger.warning("ignoring damaged cache file %s (wrong length or CRC-32)", path)
+        return None
+    return np.frombuffer(pixels, dtype="<u2").reshape(size, size)
 
 
 class XRayDataset(Dataset):
@@ -54,7 +69,7 @@ class XRayDataset(Dataset):
     target, index)``; the target is a float32 scalar (binary), an int64 scalar (multiclass) or a float32 (C,)
     vector with NaN = unknown (multilabel).
 
-    The cache stores the fitted image as uint16 ``.npz`` (checked by its CRC-32 on every read; a damaged
+    The cache stores the fitted image as raw uint16 pixels and their CRC-32 (checked on every read; a damaged
     file is recomputed) under ``cache_dir``, keyed by the image's identity in its source (a file's path,
     modification time and size), the pipeline JSON and the input size; with a cache the returned image is the
     16-bit-quantised one whether it was a hit or a miss, so cached and fresh items are identical. The dataset
@@ -102,20 +117,12 @@ class XRayDataset(Dataset):
         key = hashlib.sha256(
             json.dumps([CACHE_VERSION, *identity, self._pipeline_json, self.transform.spec.size]).encode()
         ).hexdigest()
-        cache_file = self.cache_dir / key[:2] / f"{key}.npz"
-        try:
-            with np.load(cache_file, allow_pickle=False) as archive:
-                stored = archive["image"]
-        except FileNotFoundError:
-            stored = None
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            logger.warning("ignoring unreadable cache file %s (%s)", cache_file, exc)
-            stored = None
-        size = self.transform.spec.size
-        if stored is None or stored.shape != (size, size) or stored.dtype != np.uint16:
+        cache_file = self.cache_dir / key[:2] / f"{key}.u16"
+        stored = _read_cache(cache_file, self.transform.spec.size)
+        if stored is None:
             stored = np.round(self._compute(index) * 65535.0).astype(np.uint16)
             try:
-                atomic_write(cache_file, lambda tmp: _save_npz(tmp, stored))
+                atomic_write(cache_file, lambda tmp: tmp.write_bytes(_encode(stored)))
             except OSError as exc:
                 warnings.warn(
                     f"cannot write the preprocessing cache in {self.cache_dir} ({exc.strerror}); "
