@@ -8,11 +8,16 @@ are fractions of each image's own pixels, so a cropped image compares fairly wit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 BINS = 64
+# Larger images are summarised on an evenly strided subsample of about this many pixels: shares and
+# percentiles move by about 1e-3 (they are shown to 0.1 % and 0.01), and the cost stays that of a 512 x 512
+# image whatever the upload (a 2048 x 2048 one took 300 ms in full, issue 16).
+SAMPLED_PIXELS = 512 * 512
 _DPI = 100
 _EXTREME = 0.5 / 255  # within half an 8-bit grey level of 0 or 1 counts as pure black / white
 
@@ -27,7 +32,8 @@ class IntensityHistogram:
         mean, std: of the pixel values.
         p1, p50, p99: percentiles of the pixel values.
         black, white: fraction of pixels at pure black / pure white (what a stretch clips).
-        pixels: how many pixels the image has (after a crop, fewer).
+        pixels: how many pixels the image has (after a crop, fewer); images of more than `SAMPLED_PIXELS`
+            are summarised on an evenly strided subsample of them.
     """
 
     edges: np.ndarray
@@ -50,13 +56,14 @@ def intensity_histogram(image: np.ndarray, bins: int = BINS) -> IntensityHistogr
     """
     if not 2 <= bins <= 256:
         raise ValueError(f"bins must be between 2 and 256; got {bins}")
-    values = np.asarray(image, dtype=np.float64)
-    values = values[..., 0] if values.ndim == 3 else values
-    if values.ndim != 2 or values.size == 0:
+    plane = np.asarray(image)
+    plane = plane[..., 0] if plane.ndim == 3 else plane
+    if plane.ndim != 2 or plane.size == 0:
         raise ValueError(f"intensity_histogram takes a 2-D image; got shape {np.shape(image)}")
-    values = values.ravel()
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+    if not np.isfinite(plane).all() or plane.min() < 0 or plane.max() > 1:  # every pixel, not the sample
         raise ValueError("intensity_histogram takes values in [0, 1]; scale the image first")
+    stride = max(1, math.ceil(math.sqrt(plane.size / SAMPLED_PIXELS)))
+    values = np.asarray(plane[::stride, ::stride], dtype=np.float64).ravel()
     counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
     p1, p50, p99 = np.percentile(values, [1, 50, 99])
     return IntensityHistogram(
@@ -69,7 +76,7 @@ def intensity_histogram(image: np.ndarray, bins: int = BINS) -> IntensityHistogr
         p99=float(p99),
         black=float(np.mean(values <= _EXTREME)),
         white=float(np.mean(values >= 1 - _EXTREME)),
-        pixels=int(values.size),
+        pixels=int(plane.size),
     )
 
 

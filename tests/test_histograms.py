@@ -65,3 +65,24 @@ def test_bad_inputs_say_what_is_wrong():
     histogram = intensity_histogram(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="size"):
         histogram_plot(histogram, histogram, size=(50, 50))
+
+
+def test_a_large_image_is_summarised_on_a_subsample_that_agrees_with_the_whole() -> None:
+    from demo.histograms import SAMPLED_PIXELS
+
+    rng = np.random.default_rng(0)
+    side = 1536  # 9x SAMPLED_PIXELS: every third row and column
+    image = np.clip(rng.beta(2, 5, size=(side, side)), 0, 1)
+    image[:40] = 0.0  # a black band, as a letterbox or a label leaves
+    sampled = intensity_histogram(image)
+    assert side * side > SAMPLED_PIXELS and sampled.pixels == side * side
+    flat = image.ravel()
+    counts, _ = np.histogram(flat, bins=64, range=(0.0, 1.0))
+    np.testing.assert_allclose(sampled.shares, counts / flat.size, atol=2e-3)
+    for got, q in ((sampled.p1, 1), (sampled.p50, 50), (sampled.p99, 99)):
+        assert got == pytest.approx(np.percentile(flat, q), abs=2e-3)
+    # a band of rows is off by at most one sampled row: stride / side = 2e-3
+    assert sampled.black == pytest.approx(np.mean(flat <= 0.5 / 255), abs=2e-3)
+    image[-1, -1] = np.nan  # a pixel the sample skips is still checked
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        intensity_histogram(image)
