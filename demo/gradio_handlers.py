@@ -184,15 +184,25 @@ def toggle_values(toggles: Toggles) -> list[Any]:
 # ----------------------------------------------------------------------------------------- analysis
 
 
-def predict(app: App, file: str | None, model: str | None, **settings: Any) -> Iterator[tuple[Any, ...]]:
+def predict(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
     """Classify one radiograph and explain the decision.
 
     Returns (`PREDICT_OUTPUTS`): the class probabilities, the decision in words, the out-of-distribution
     warning (hidden when there is none), the heatmap overlay, the overlay as a PNG file, a note on the map
     with its checks, the (before, after) preprocessing images, their intensity histograms, notes on the
     image, notes on the model, the image details, and the result as data (decision, flag, reasons, OOD
-    score, heatmap checks). The page gets them in two updates: everything but the PNG file, the map's
-    checks and the histograms as soon as the model has answered, then those (`Predictor.predict_in_stages`).
+    score, heatmap checks).
+    """
+    *_, complete = predict_in_stages(app, file, model, **settings)
+    return complete
+
+
+def predict_in_stages(
+    app: App, file: str | None, model: str | None, **settings: Any
+) -> Iterator[tuple[Any, ...]]:
+    """`predict` for the page, in two updates (`Predictor.predict_in_stages`): everything but the PNG file,
+    the map's checks and the histograms as soon as the model has answered, then those. The API's /predict
+    answers once, complete: a client would otherwise download the shown images twice.
     """
     for result in analyse_in_stages(app, file, model, Settings.from_inputs(settings)):
         shown, download = save_overlay(app, result, file or "", download=result.complete)
@@ -230,7 +240,7 @@ def rerun(app: App, file: str | None, model: str | None, **settings: Any) -> Ite
     if not file:
         yield tuple(gr.skip() for _ in PREDICT_OUTPUTS)
         return
-    yield from predict(app, file, model, **settings)
+    yield from predict_in_stages(app, file, model, **settings)
 
 
 def activations(

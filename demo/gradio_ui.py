@@ -448,23 +448,27 @@ def _wire(app: App, page: _Page) -> None:
         "inputs_kwargs": page.settings,
         "concurrency_id": MODEL_RUNS,
     }
-    predict = {"fn": bind(handlers.predict, app), "outputs": page.results, **analysis}
+    predict = {"fn": bind(handlers.predict_in_stages, app), "outputs": page.results, **analysis, **private}
     label, warning, result = page.results[0], page.results[2], page.results[-1]
     caption = {"fn": handlers.present, "inputs": result, "outputs": [label, warning], **instant}
+    # The API's /predict: the same inputs and outputs, answered once when complete (the page gets two
+    # updates); an event without a visible trigger, since no click on the page should run it.
+    api = gr.Button(visible=False)
+    api.click(bind(handlers.predict, app), outputs=page.results, api_name="predict", **analysis)
 
     # A new image runs everything; the old results are cleared first, so that an error never sits next to
     # the previous image's results.
     run = gr.on([page.file.upload, page.analyse.click], handlers.clear, outputs=page.results, **instant)
-    predicted = run.then(**predict, api_name="predict")
+    predicted = run.then(**predict)
     predicted.success(**caption)
     predicted.failure(handlers.failed, outputs=page.decision, **instant)
     pasted = page.pasted.upload(lambda path: path, page.pasted, page.file, **instant)
-    pasted = pasted.then(handlers.clear, outputs=page.results, **instant).then(**predict, **private)
+    pasted = pasted.then(handlers.clear, outputs=page.results, **instant).then(**predict)
     pasted.success(**caption)
     pasted.failure(handlers.failed, outputs=page.decision, **instant)
     if page.examples is not None:  # an example sets the file (by its index: never a visitor's path)
         example = page.examples.load_input_event.then(handlers.clear, outputs=page.results, **instant)
-        example = example.then(**predict, **private)
+        example = example.then(**predict)
         example.success(**caption)
         example.failure(handlers.failed, outputs=page.decision, **instant)
     page.file.clear(handlers.clear, outputs=page.results, **instant).then(

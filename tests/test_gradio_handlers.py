@@ -53,7 +53,7 @@ def test_settings_fields_are_the_api_parameters(app: App) -> None:
 
 
 def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path]) -> None:
-    first, outputs = list(handlers.predict(app, str(files["png8"]), "tiny", target_class=TOP_CLASS))
+    first, outputs = list(handlers.predict_in_stages(app, str(files["png8"]), "tiny", target_class=TOP_CLASS))
     assert len(first) == len(outputs) == len(handlers.PREDICT_OUTPUTS)
     # The first update: the answer and the map; the lossless download, the checks and histograms follow.
     early = dict(zip(handlers.PREDICT_OUTPUTS, first, strict=True))
@@ -63,6 +63,9 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
     named = dict(zip(handlers.PREDICT_OUTPUTS, outputs, strict=True))
     assert named["overlay"] == early["overlay"]  # the same file: the page does not fetch it again
     assert named["probabilities"] == early["probabilities"]
+    assert len(handlers.predict(app, str(files["png8"]), "tiny")) == len(
+        handlers.PREDICT_OUTPUTS
+    )  # the API's
     assert "Checking" not in named["map_note"] and named["result"]["explanation"]["score_drop"] is not None
     probabilities, decision, overlay, download = (
         named[k] for k in ("probabilities", "decision", "overlay", "download")
@@ -168,7 +171,7 @@ def test_saved_files_are_pruned(app: App) -> None:
 
 def test_a_flagged_image_gets_the_warning_and_no_threshold_caption(app: App, files: dict[str, Path]) -> None:
     named = dict(
-        zip(handlers.PREDICT_OUTPUTS, [*handlers.predict(app, str(files["photo"]), "tiny")][-1], strict=True)
+        zip(handlers.PREDICT_OUTPUTS, handlers.predict(app, str(files["photo"]), "tiny"), strict=True)
     )
     assert "colour photograph" in named["warning"] and named["decision"].startswith("**No decision")
     caption, warning = handlers.present(named["result"])
