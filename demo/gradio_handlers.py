@@ -193,8 +193,7 @@ def predict(app: App, file: str | None, model: str | None, **settings: Any) -> t
     image, notes on the model, the image details, and the result as data (decision, flag, reasons, OOD
     score, heatmap checks).
     """
-    *_, complete = predict_in_stages(app, file, model, **settings)
-    return complete
+    return _outputs(app, analyse(app, file, model, Settings.from_inputs(settings)), file)
 
 
 def predict_in_stages(
@@ -205,21 +204,26 @@ def predict_in_stages(
     answers once, complete: a client would otherwise download the shown images twice.
     """
     for result in analyse_in_stages(app, file, model, Settings.from_inputs(settings)):
-        shown, download = save_overlay(app, result, file or "", download=result.complete)
-        yield (
-            result.probabilities,
-            result.decision,
-            warning_markdown(result),
-            shown,
-            download if download is not None else gr.skip(),
-            cam_markdown(result),
-            save_before_after(app, result),
-            save_histograms(app, result) if result.complete else gr.skip(),
-            notes_markdown(result),
-            model_notes_markdown(result),
-            details_markdown(result),
-            result_data(result),
-        )
+        yield _outputs(app, result, file)
+
+
+def _outputs(app: App, result: Prediction, file: str | None) -> tuple[Any, ...]:
+    """`PREDICT_OUTPUTS` of one prediction; what its first stage does not have yet is left as it is."""
+    shown, download = save_overlay(app, result, file or "", download=result.complete)
+    return (
+        result.probabilities,
+        result.decision,
+        warning_markdown(result),
+        shown,
+        download if download is not None else gr.skip(),
+        cam_markdown(result),
+        save_before_after(app, result),
+        save_histograms(app, result) if result.complete else gr.skip(),
+        notes_markdown(result),
+        model_notes_markdown(result),
+        details_markdown(result),
+        result_data(result),
+    )
 
 
 def explain(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
