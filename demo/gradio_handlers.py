@@ -204,7 +204,17 @@ def predict_in_stages(
     answers once, complete: a client would otherwise download the shown images twice.
     """
     for result in analyse_in_stages(app, file, model, Settings.from_inputs(settings)):
-        yield _outputs(app, result, file)
+        yield _with_captions(_outputs(app, result, file))
+
+
+def _with_captions(outputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The page's outputs also set the probabilities' caption and whether the warning shows, in the same
+    update as the answer: set by a later event, they would lag the numbers by the whole second stage."""
+    named = dict(zip(PREDICT_OUTPUTS, outputs, strict=True))
+    data = named["result"]
+    named["probabilities"] = gr.update(value=named["probabilities"], label=probabilities_caption(data))
+    named["warning"] = gr.update(value=named["warning"], visible=bool(data["flagged"]))
+    return tuple(named.values())
 
 
 def _outputs(app: App, result: Prediction, file: str | None) -> tuple[Any, ...]:
@@ -546,17 +556,10 @@ def model_markdown(model: LoadedModel | None) -> str:
 PROBABILITIES = "Class probabilities"
 
 
-def present(data: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """After a prediction, from its `result_data`: the probabilities' caption and whether the warning shows.
-
-    The caption names the thresholds the decision uses, or says that the probabilities mean nothing for a
-    flagged image, so that the panel never gives a second answer beside the decision.
-    """
-    flagged = bool(data and data.get("flagged"))
-    return gr.update(label=probabilities_caption(data)), gr.update(visible=flagged)
-
-
 def probabilities_caption(data: Mapping[str, Any] | None) -> str:
+    """The probabilities' caption, from a prediction's `result_data`: the thresholds the decision uses, or
+    that the probabilities mean nothing for a flagged image, so that the panel never gives a second answer
+    beside the decision."""
     if not data:
         return PROBABILITIES
     if not data.get("probabilities_meaningful", True):

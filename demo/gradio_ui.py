@@ -449,8 +449,6 @@ def _wire(app: App, page: _Page) -> None:
         "concurrency_id": MODEL_RUNS,
     }
     predict = {"fn": bind(handlers.predict_in_stages, app), "outputs": page.results, **analysis, **private}
-    label, warning, result = page.results[0], page.results[2], page.results[-1]
-    caption = {"fn": handlers.present, "inputs": result, "outputs": [label, warning], **instant}
     # The API's /predict: the same inputs and outputs, answered once when complete (the page gets two
     # updates); an event without a visible trigger, since no click on the page should run it.
     api = gr.Button(visible=False)
@@ -459,17 +457,13 @@ def _wire(app: App, page: _Page) -> None:
     # A new image runs everything; the old results are cleared first, so that an error never sits next to
     # the previous image's results.
     run = gr.on([page.file.upload, page.analyse.click], handlers.clear, outputs=page.results, **instant)
-    predicted = run.then(**predict)
-    predicted.success(**caption)
-    predicted.failure(handlers.failed, outputs=page.decision, **instant)
+    run.then(**predict).failure(handlers.failed, outputs=page.decision, **instant)
     pasted = page.pasted.upload(lambda path: path, page.pasted, page.file, **instant)
     pasted = pasted.then(handlers.clear, outputs=page.results, **instant).then(**predict)
-    pasted.success(**caption)
     pasted.failure(handlers.failed, outputs=page.decision, **instant)
     if page.examples is not None:  # an example sets the file (by its index: never a visitor's path)
         example = page.examples.load_input_event.then(handlers.clear, outputs=page.results, **instant)
         example = example.then(**predict)
-        example.success(**caption)
         example.failure(handlers.failed, outputs=page.decision, **instant)
     page.file.clear(handlers.clear, outputs=page.results, **instant).then(
         handlers.cleared, outputs=page.decision, **instant
@@ -519,7 +513,7 @@ def _wire(app: App, page: _Page) -> None:
         [page.use_model, *switches, page.prep_note],
         inputs_kwargs=page.toggles,
         **private,
-    ).then(**rerun).success(**caption)
+    ).then(**rerun)
     gr.on(
         [page.toggles[name].input for name in handlers.TOGGLE_FIELDS if name != "clip_limit"]
         + [page.toggles["clip_limit"].release],
@@ -528,7 +522,7 @@ def _wire(app: App, page: _Page) -> None:
         [page.use_model, page.prep_note],
         inputs_kwargs=page.toggles,
         **private,
-    ).then(**rerun).success(**caption)
+    ).then(**rerun)
 
     # Models: choosing one loads it (with progress) and resets the preprocessing to its own; a failure says
     # why and puts the previous model back.
@@ -548,9 +542,5 @@ def _wire(app: App, page: _Page) -> None:
         ],
         **private,
     }
-    page.model.input(inputs=[page.model, page.previous, page.session], **loading).then(**rerun).success(
-        **caption
-    )
-    page.hub_id.submit(inputs=[page.hub_id, page.previous, page.session], **loading).then(**rerun).success(
-        **caption
-    )
+    page.model.input(inputs=[page.model, page.previous, page.session], **loading).then(**rerun)
+    page.hub_id.submit(inputs=[page.hub_id, page.previous, page.session], **loading).then(**rerun)

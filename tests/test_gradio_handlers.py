@@ -71,11 +71,11 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
         named[k] for k in ("probabilities", "decision", "overlay", "download")
     )
     (before, after), details, cam_note = named["before_after"], named["details"], named["map_note"]
-    assert set(probabilities) == {"abnormal", "normal"} and "threshold (0.50)" in decision
-    caption = handlers.present(named["result"])[0]["label"]
-    assert caption == "Class probabilities (decision threshold: abnormal ≥ 0.50)"
-    assert named["warning"] == "" and named["result"]["flagged"] is False
-    assert handlers.present(named["result"])[1]["visible"] is False
+    assert set(probabilities["value"]) == {"abnormal", "normal"} and "threshold (0.50)" in decision
+    # The caption comes with the first update, not after the second.
+    assert early["probabilities"]["label"] == "Class probabilities (decision threshold: abnormal ≥ 0.50)"
+    assert early["warning"] == {"__type__": "update", "value": "", "visible": False}
+    assert named["result"]["flagged"] is False
     assert Path(download).name in ("chest_Grad-CAM_abnormal.png", "chest_Grad-CAM_normal.png")
     assert Path(overlay).name == Path(download).stem + ".jpg"  # shown compact, downloaded lossless
     assert Image.open(overlay).format == "JPEG" and Image.open(download).format == "PNG"
@@ -174,8 +174,15 @@ def test_a_flagged_image_gets_the_warning_and_no_threshold_caption(app: App, fil
         zip(handlers.PREDICT_OUTPUTS, handlers.predict(app, str(files["photo"]), "tiny"), strict=True)
     )
     assert "colour photograph" in named["warning"] and named["decision"].startswith("**No decision")
-    caption, warning = handlers.present(named["result"])
-    assert warning["visible"] is True and "not meaningful" in caption["label"]
+    assert "not meaningful" in handlers.probabilities_caption(named["result"])
+    page = dict(
+        zip(
+            handlers.PREDICT_OUTPUTS,
+            list(handlers.predict_in_stages(app, str(files["photo"]), "tiny"))[0],
+            strict=True,
+        )
+    )
+    assert page["warning"]["visible"] is True and page["probabilities"]["label"].endswith("(see the warning)")
     assert "no calibration" in named["model_notes"] and "no calibration" not in named["notes"]
 
 
