@@ -55,6 +55,23 @@ def test_the_chart_is_an_image_of_both_histograms():
     assert blue.sum() > 100 and grey.sum() > 100
 
 
+def test_each_curve_peaks_above_its_own_grey_level():
+    dark, bright = np.full((32, 32), 0.25), np.full((32, 32), 0.8)
+    chart = histogram_plot(*compare_histograms(dark, bright), size=(400, 200))
+    blue = (chart[..., 2] > 150) & (chart[..., 0] < 100)
+    grey = (
+        (np.abs(chart[..., 0].astype(int) - chart[..., 2]) < 8) & (chart[..., 0] > 90) & (chart[..., 0] < 130)
+    )
+    # Right of the tick labels (whose anti-aliased edges are grey too), above the legend's colour samples.
+    plot = np.zeros_like(blue)
+    plot[: chart.shape[0] * 2 // 3, chart.shape[1] // 5 :] = True
+    grey, blue = grey & plot, blue & plot
+    peaks = [np.argwhere(mask)[:, 0].min() for mask in (grey, blue)]
+    columns = [np.argwhere(mask[: peak + 2])[:, 1].mean() for mask, peak in zip((grey, blue), peaks)]
+    assert peaks[0] == peaks[1]  # both 100 % of their pixels in one bin: the same height
+    assert 0.1 < columns[0] / chart.shape[1] < 0.4 < 0.6 < columns[1] / chart.shape[1] < 0.95
+
+
 def test_bad_inputs_say_what_is_wrong():
     with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
         intensity_histogram(np.full((4, 4), 255.0))
