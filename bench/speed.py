@@ -70,6 +70,7 @@ GOALS = {
     "model-step": "<= 1.2x (moonshot 1.05x)",
     "server-predict": "<= 1.3x (moonshot 1.1x)",
     "http": "<= 1.5x",
+    "http-transport": "context (no goal)",
     "responses": "lighter (< 1)",
     "batch-predict": ">= 2x faster",
     "training": ">= 1.0x as fast",
@@ -200,25 +201,43 @@ def variants(image: Path, count: int) -> list[Path]:
 
 
 def http(runs: int, image: Path, url: str | None) -> list[tuple[str, str, float, str]]:
-    """A /predict round trip vs the same handler work server side, each run on an image no cache holds."""
+    """A /predict round trip vs the same handler work server side, each run on an image no cache holds;
+    and what is left of it once the handler's work is taken out vs the same round trip against a bare Gradio
+    app that does nothing but return files like ours (the transport's own cost: upload, queue, events and a
+    download per file through gradio_client)."""
     from gradio_client import Client, handle_file
 
     from demo import gradio_handlers as handlers
     from demo.predictor import Predictor
 
-    files = iter(variants(image, 2 * (runs + 1)))
+    files = iter(variants(image, 3 * (runs + 1) + 1))
     predictor = Predictor({"nih-binary": f"local-dir:{MODEL}"}, cache_size=0)
     predictor.load("nih-binary")
     with tempfile.TemporaryDirectory() as downloads, _running_app(url) as address:
         app = handlers.App(predictor, download_dir=Path(downloads))
         client = Client(address, verbose=False, download_files=downloads)
-        t = interleaved(
-            runs,
-            server=lambda: list(handlers.predict(app, str(next(files)), "nih-binary")),
-            http=lambda: client.predict(handle_file(str(next(files))), api_name="/predict"),
-        )
+        outputs = client.predict(handle_file(str(next(files))), api_name="/predict")
+        answer = dict(zip(handlers.API_OUTPUTS, outputs, strict=True))
+        returned = [answer["overlay"], *answer["before_after"]]
+        with _server([sys.executable, "-c", BARE_FILES, *returned]) as (bare_address, _, _):
+            bare = Client(bare_address, verbose=False, download_files=downloads)
+            t = interleaved(
+                runs,
+                server=lambda: list(handlers.predict(app, str(next(files)), "nih-binary")),
+                http=lambda: client.predict(handle_file(str(next(files))), api_name="/predict"),
+                bare=lambda: bare.predict(handle_file(str(next(files))), api_name="/predict"),
+            )
     note = f"server {t['server'] * 1e3:.0f} ms, round trip {t['http'] * 1e3:.0f} ms"
-    return [("http", "/predict round trip / the same handler server side", t["http"] / t["server"], note)]
+    left = t["http"] - t["server"]
+    return [
+        ("http", "/predict round trip / the same handler server side", t["http"] / t["server"], note),
+        (
+            "http-transport",
+            "round trip less the handler / bare Gradio round trip returning the same files",
+            left / t["bare"],
+            f"{left * 1e3:.0f} ms vs bare {t['bare'] * 1e3:.0f} ms ({len(returned)} image files)",
+        ),
+    ]
 
 
 def responses(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
@@ -394,6 +413,18 @@ def _serve(command: list[str]) -> tuple[float, int]:
         return ready, rss
 
 
+# A Gradio app whose /predict answers at once with the given image files, in /predict's kinds of output.
+BARE_FILES = """import sys, gradio as gr
+overlay, before, after = sys.argv[1:4]
+def predict(file):
+    return {"a": 0.5, "b": 0.5}, "**A**", "", overlay, "note", (before, after), "", "", "", {"a": 0.5}
+with gr.Blocks() as demo:
+    file = gr.File(type="filepath")
+    outputs = [gr.Label(), gr.Markdown(), gr.Markdown(), gr.Image(type="filepath"), gr.Markdown(),
+               gr.ImageSlider(type="filepath"), gr.Markdown(), gr.Markdown(), gr.Markdown(), gr.JSON()]
+    gr.Button().click(predict, file, outputs, api_name="predict")
+demo.launch()
+"""
 BARE_GRADIO = "import gradio as gr\nwith gr.Blocks() as demo:\n    gr.Markdown('bare')\ndemo.launch()\n"
 
 

@@ -30,7 +30,7 @@ from demo.cam import SLOW_METHODS
 from demo.encoding import DISPLAY_SUFFIX, display_bytes, png_bytes
 from demo.gallery import GalleryItem
 from demo.heatmap_checks import HeatmapCheck
-from demo.histograms import histogram_plot
+from demo.histograms import IntensityHistogram, histogram_plot
 from demo.predictor import (
     USER_ERRORS,
     LoadedModel,
@@ -88,6 +88,10 @@ PREDICT_OUTPUTS = (
     "details",
     "result",
 )
+# The API's /predict: the answer, the map as shown and what the model saw. Not the page's lossless copy of
+# the map (/explain gives it) nor the grey-level chart (its numbers are in `result`): each file in a
+# response is one more download for the client (about 50 ms each through gradio_client).
+API_OUTPUTS = tuple(name for name in PREDICT_OUTPUTS if name not in ("download", "histograms"))
 EXPLAIN_OUTPUTS = ("overlay", "download", "map_note", "result")
 DEFAULT_BASELINE = "black"
 DEFAULT_STEPS = 0  # 0 = the method's own default step count (the slider's "default" end)
@@ -185,26 +189,27 @@ def toggle_values(toggles: Toggles) -> list[Any]:
 
 
 def predict(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
-    """Classify one radiograph and explain the decision.
+    """Classify one radiograph and explain the decision: the API's /predict, answered once, complete.
 
-    Returns (`PREDICT_OUTPUTS`): the class probabilities, the decision in words, the out-of-distribution
-    warning (hidden when there is none), the heatmap overlay, the overlay as a PNG file, a note on the map
-    with its checks, the (before, after) preprocessing images, their intensity histograms, notes on the
-    image, notes on the model, the image details, and the result as data (decision, flag, reasons, OOD
-    score, heatmap checks).
+    Returns (`API_OUTPUTS`): the class probabilities, the decision in words, the out-of-distribution
+    warning ("" when there is none), the heatmap overlay (JPEG), a note on the map with its checks, the
+    (before, after) preprocessing images, notes on the image, notes on the model, the image details, and
+    the result as data (decision, flag, reasons, OOD score, heatmap checks, grey levels).
     """
-    return _outputs(app, analyse(app, file, model, Settings.from_inputs(settings)), file)
+    result = analyse(app, file, model, Settings.from_inputs(settings))
+    return _outputs(app, result, file, API_OUTPUTS)
 
 
 def predict_in_stages(
     app: App, file: str | None, model: str | None, **settings: Any
 ) -> Iterator[tuple[Any, ...]]:
-    """`predict` for the page, in two updates (`Predictor.predict_in_stages`): everything but the PNG file,
-    the map's checks and the histograms as soon as the model has answered, then those. The API's /predict
-    answers once, complete: a client would otherwise download the shown images twice.
+    """`predict` for the page (`PREDICT_OUTPUTS`), in two updates (`Predictor.predict_in_stages`):
+    everything but the PNG download, the map's checks and the histograms as soon as the model has
+    answered, then those. The API's /predict answers once, complete: a client would otherwise download the
+    shown images twice.
     """
     for result in analyse_in_stages(app, file, model, Settings.from_inputs(settings)):
-        yield _with_captions(_outputs(app, result, file))
+        yield _with_captions(_outputs(app, result, file, PREDICT_OUTPUTS))
 
 
 def _with_captions(outputs: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -217,23 +222,26 @@ def _with_captions(outputs: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(named.values())
 
 
-def _outputs(app: App, result: Prediction, file: str | None) -> tuple[Any, ...]:
-    """`PREDICT_OUTPUTS` of one prediction; what its first stage does not have yet is left as it is."""
-    shown, download = save_overlay(app, result, file or "", download=result.complete)
-    return (
-        result.probabilities,
-        result.decision,
-        warning_markdown(result),
-        shown,
-        download if download is not None else gr.skip(),
-        cam_markdown(result),
-        save_before_after(app, result),
-        save_histograms(app, result) if result.complete else gr.skip(),
-        notes_markdown(result),
-        model_notes_markdown(result),
-        details_markdown(result),
-        result_data(result),
-    )
+def _outputs(app: App, result: Prediction, file: str | None, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """The outputs `names` of one prediction, each made only when asked for; what its first stage does not
+    have yet is left as it is."""
+    wanted = "download" in names and result.complete
+    shown, download = save_overlay(app, result, file or "", download=wanted)
+    make: dict[str, Callable[[], Any]] = {
+        "probabilities": lambda: result.probabilities,
+        "decision": lambda: result.decision,
+        "warning": lambda: warning_markdown(result),
+        "overlay": lambda: shown,
+        "download": lambda: download if download is not None else gr.skip(),
+        "map_note": lambda: cam_markdown(result),
+        "before_after": lambda: save_before_after(app, result),
+        "histograms": lambda: save_histograms(app, result) if result.complete else gr.skip(),
+        "notes": lambda: notes_markdown(result),
+        "model_notes": lambda: model_notes_markdown(result),
+        "details": lambda: details_markdown(result),
+        "result": lambda: result_data(result),
+    }
+    return tuple(make[name]() for name in names)
 
 
 def explain(app: App, file: str | None, model: str | None, **settings: Any) -> tuple[Any, ...]:
@@ -672,6 +680,19 @@ def result_data(result: Prediction) -> dict[str, Any]:
             "score_after_removal": deletion and deletion.after,
             "score_drop": deletion and deletion.drop,
         },
+        # the grey levels before and after preprocessing (None in predict's first update)
+        "grey_levels": _grey_levels(result.histograms),
+    }
+
+
+def _grey_levels(histograms: tuple[IntensityHistogram, IntensityHistogram] | None) -> dict[str, Any] | None:
+    """The grey levels before and after preprocessing as numbers; None until predict's second update."""
+    if histograms is None:
+        return None
+    fields = ("mean", "std", "p1", "p50", "p99", "black", "white")
+    return {
+        name: {field: round(getattr(histogram, field), 4) for field in fields}
+        for name, histogram in zip(("before", "after"), histograms, strict=True)
     }
 
 

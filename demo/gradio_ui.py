@@ -449,10 +449,12 @@ def _wire(app: App, page: _Page) -> None:
         "concurrency_id": MODEL_RUNS,
     }
     predict = {"fn": bind(handlers.predict_in_stages, app), "outputs": page.results, **analysis, **private}
-    # The API's /predict: the same inputs and outputs, answered once when complete (the page gets two
-    # updates); an event without a visible trigger, since no click on the page should run it.
+    # The API's /predict: the same inputs, `handlers.API_OUTPUTS` of the outputs, answered once when
+    # complete (the page gets two updates); an event without a visible trigger: no click on the page runs it.
+    named = dict(zip(handlers.PREDICT_OUTPUTS, page.results, strict=True))
     api = gr.Button(visible=False)
-    api.click(bind(handlers.predict, app), outputs=page.results, api_name="predict", **analysis)
+    api_outputs = [named[name] for name in handlers.API_OUTPUTS]
+    api.click(bind(handlers.predict, app), outputs=api_outputs, api_name="predict", **analysis)
 
     # A new image runs everything; the old results are cleared first, so that an error never sits next to
     # the previous image's results.

@@ -12,7 +12,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from demo.cam import CAM_METHODS
-from demo.gradio_handlers import PREDICT_OUTPUTS
+from demo.gradio_handlers import API_OUTPUTS
 from demo.gradio_ui import DISCLAIMER, TOP_CLASS, build_demo
 from demo.predictor import Predictor
 from tests.demo_support import save_tiny_model, serve, write_inputs
@@ -40,7 +40,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> 
 
 def _predict(client: Client, path: Path, **settings) -> dict:
     outputs = client.predict(handle_file(str(path)), **settings, api_name="/predict")
-    return dict(zip(PREDICT_OUTPUTS, outputs, strict=True))
+    return dict(zip(API_OUTPUTS, outputs, strict=True))
 
 
 def _pixels(path: str) -> np.ndarray:
@@ -64,9 +64,7 @@ def test_predict(client: Client, files: dict[str, Path], kind: str) -> None:
     assert "threshold (0.50)" in result["decision"]
     overlay = _pixels(result["overlay"])
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.shape[:2] == (512, 512)
-    # Shown as served (JPEG, compact), downloaded lossless (PNG): the same picture.
-    assert Image.open(result["overlay"]).format == "JPEG" and Path(result["download"]).suffix == ".png"
-    assert np.abs(_pixels(result["download"]).astype(int) - overlay.astype(int)).mean() < 3
+    assert Image.open(result["overlay"]).format == "JPEG"  # shown as served: compact
     before, after = (_pixels(path) for path in result["before_after"])
     assert before.shape[:2] == after.shape[:2] and not np.array_equal(before, after)  # the body crop ran
     assert "Grad-CAM for" in result["map_note"]
@@ -98,6 +96,9 @@ def test_explain_with_every_method(client: Client, files: dict[str, Path], metho
     )
     assert note.startswith(f"{method} for **normal**")
     assert _pixels(overlay).shape == (512, 512, 3) and Path(download).name.endswith("_normal.png")
+    # Shown as served (JPEG, compact), downloaded lossless (PNG): the same picture.
+    assert Image.open(overlay).format == "JPEG" and Image.open(download).format == "PNG"
+    assert np.abs(_pixels(download).astype(int) - _pixels(overlay).astype(int)).mean() < 3
 
 
 def test_opacity_changes_only_the_blend(client: Client, files: dict[str, Path]) -> None:
@@ -179,10 +180,17 @@ def test_the_api_answers_once_complete(client: Client, files: dict[str, Path], t
     pixels.flat[0] ^= 1
     Image.fromarray(pixels).save(fresh)
     job = client.submit(handle_file(str(fresh)), api_name="/predict")
-    final = dict(zip(PREDICT_OUTPUTS, job.result(), strict=True))
+    final = dict(zip(API_OUTPUTS, job.result(), strict=True))
     assert len(job.outputs()) == 1
-    assert "Check of this map." in final["map_note"] and final["download"] and final["histograms"]
-    assert final["result"]["explanation"]["score_drop"] is not None
+    assert (
+        "Check of this map." in final["map_note"] and final["result"]["explanation"]["score_drop"] is not None
+    )
+    # The grey levels as numbers: those of the upload, and after the model's body crop others.
+    levels = final["result"]["grey_levels"]
+    assert levels["before"]["mean"] == pytest.approx(pixels.mean() / 255, abs=1e-3)
+    assert levels["before"]["p50"] == pytest.approx(np.median(pixels) / 255, abs=2e-3)
+    assert abs(levels["after"]["mean"] - levels["before"]["mean"]) > 0.01
+    assert {"download", "histograms"}.isdisjoint(API_OUTPUTS)  # the page's extras: one download each
 
 
 @pytest.mark.parametrize("method", ["Integrated Gradients", "SmoothGrad"])

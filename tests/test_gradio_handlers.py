@@ -63,9 +63,7 @@ def test_predict_returns_every_output_as_files(app: App, files: dict[str, Path])
     named = dict(zip(handlers.PREDICT_OUTPUTS, outputs, strict=True))
     assert named["overlay"] == early["overlay"]  # the same file: the page does not fetch it again
     assert named["probabilities"] == early["probabilities"]
-    assert len(handlers.predict(app, str(files["png8"]), "tiny")) == len(
-        handlers.PREDICT_OUTPUTS
-    )  # the API's
+    assert len(handlers.predict(app, str(files["png8"]), "tiny")) == len(handlers.API_OUTPUTS)
     assert "Checking" not in named["map_note"] and named["result"]["explanation"]["score_drop"] is not None
     probabilities, decision, overlay, download = (
         named[k] for k in ("probabilities", "decision", "overlay", "download")
@@ -170,9 +168,7 @@ def test_saved_files_are_pruned(app: App) -> None:
 
 
 def test_a_flagged_image_gets_the_warning_and_no_threshold_caption(app: App, files: dict[str, Path]) -> None:
-    named = dict(
-        zip(handlers.PREDICT_OUTPUTS, handlers.predict(app, str(files["photo"]), "tiny"), strict=True)
-    )
+    named = dict(zip(handlers.API_OUTPUTS, handlers.predict(app, str(files["photo"]), "tiny"), strict=True))
     assert "colour photograph" in named["warning"] and named["decision"].startswith("**No decision")
     assert "not meaningful" in handlers.probabilities_caption(named["result"])
     page = dict(

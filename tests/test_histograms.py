@@ -67,7 +67,9 @@ def test_each_curve_peaks_above_its_own_grey_level():
     plot[: chart.shape[0] * 2 // 3, chart.shape[1] // 5 :] = True
     grey, blue = grey & plot, blue & plot
     peaks = [np.argwhere(mask)[:, 0].min() for mask in (grey, blue)]
-    columns = [np.argwhere(mask[: peak + 2])[:, 1].mean() for mask, peak in zip((grey, blue), peaks)]
+    columns = [
+        np.argwhere(mask[: peak + 2])[:, 1].mean() for mask, peak in zip((grey, blue), peaks, strict=True)
+    ]
     assert peaks[0] == peaks[1]  # both 100 % of their pixels in one bin: the same height
     assert 0.1 < columns[0] / chart.shape[1] < 0.4 < 0.6 < columns[1] / chart.shape[1] < 0.95
 
