@@ -362,6 +362,10 @@ def overlay(
     heat = cv2.resize(np.asarray(heatmap, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     # matplotlib's Colormap.__call__ for floats: index floor(x * N) in float32, 1.0 -> the last colour
     index = np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0) * np.float32(len(table))
-    colour = table[np.minimum(index.astype(np.intp), len(table) - 1)]
-    gray = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1)
-    return np.rint(255.0 * ((1.0 - opacity) * gray + opacity * colour)).astype(np.uint8)
+    # rint(255 * ((1 - opacity) * gray + opacity * colour)) with the same roundings, in place: the colours
+    # scaled once in the table, the gray part added to all three channels by broadcasting.
+    rows = index.astype(np.int32)
+    blend = np.take(opacity * table, np.minimum(rows, len(table) - 1, out=rows), axis=0)  # take: 5x indexing
+    blend += ((1.0 - opacity) * np.clip(image, 0.0, 1.0))[..., None]
+    blend *= 255.0
+    return np.rint(blend, out=blend).astype(np.uint8)
