@@ -564,15 +564,13 @@ def model_markdown(model: LoadedModel | None) -> str:
 PROBABILITIES = "Class probabilities"
 
 
-def probabilities_caption(data: Mapping[str, Any] | None) -> str:
+def probabilities_caption(data: Mapping[str, Any]) -> str:
     """The probabilities' caption, from a prediction's `result_data`: the thresholds the decision uses, or
     that the probabilities mean nothing for a flagged image, so that the panel never gives a second answer
     beside the decision."""
-    if not data:
-        return PROBABILITIES
-    if not data.get("probabilities_meaningful", True):
+    if not data["probabilities_meaningful"]:
         return f"{PROBABILITIES}: not meaningful for this image (see the warning)"
-    thresholds = data.get("thresholds") or {}
+    thresholds = data["thresholds"]
     if not thresholds:
         return f"{PROBABILITIES} (the decision is the most likely class)"
     cuts = ", ".join(f"{name} ≥ {cut:.2f}" for name, cut in thresholds.items())

@@ -113,7 +113,8 @@ def histogram_plot(
     if not (160 <= width <= 2000 and 100 <= height <= 2000):
         raise ValueError(f"size must be (160-2000, 100-2000) pixels; got {size}")
     font, small = _font(max(9, round(height / 22))), _font(max(8, round(height / 26)))
-    line_height = _text_height(small) + 3
+    tall, short = _text_height(font), _text_height(small)
+    line_height = short + 3
     curves = ((before, labels[0], _GREY), (after, labels[1], _BLUE))
     legend = [(f"{label}: {summary(histogram)}", colour) for histogram, label, colour in curves]
 
@@ -122,9 +123,9 @@ def histogram_plot(
     y_max = math.ceil(top * 1.05 / step) * step
     y_ticks = [step * i for i in range(int(round(y_max / step)) + 1)]
     y_labels = [f"{value:g}" for value in y_ticks]
-    left = 6 + _text_height(font) + 6 + max(int(small.getlength(text)) for text in y_labels) + 6
+    left = 6 + tall + 6 + max(int(small.getlength(text)) for text in y_labels) + 6
     right = width - 12
-    bottom = height - 6 - len(legend) * line_height - _text_height(font) - 6 - _text_height(small) - 8
+    bottom = height - 6 - len(legend) * line_height - tall - 6 - short - 8
     plot_top = 8
     if bottom - plot_top < 30 or right - left < 60:
         raise ValueError(f"size {size} leaves no room for the chart")
@@ -135,20 +136,25 @@ def histogram_plot(
     def y_at(percent: float) -> float:
         return bottom - min(percent, y_max) / y_max * (bottom - plot_top)
 
+    # Each bin as (left x, right x, top y) in pixels.
+    bars = [
+        [
+            (x_at(low), x_at(high), y_at(100 * share))
+            for low, high, share in zip(h.edges[:-1], h.edges[1:], h.shares, strict=True)
+        ]
+        for h, _, _ in curves
+    ]
     chart = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(chart, "RGBA")  # RGBA: translucent fills blend where the two overlap
-    for histogram, _, colour in curves:  # the fills first, so that both outlines stay visible
-        for low, high, share in zip(histogram.edges[:-1], histogram.edges[1:], histogram.shares, strict=True):
-            if share > 0:
+    for steps, (_, _, colour) in zip(bars, curves, strict=True):  # fills first: both outlines stay visible
+        for x0, x1, y in steps:
+            if y < bottom:
                 # whole pixel columns, each bin's own: shared edge columns would be painted twice
-                columns = (round(x_at(low)), round(x_at(high)) - 1)
-                draw.rectangle((columns[0], y_at(100 * share), columns[1], bottom), fill=(*colour, 64))
+                draw.rectangle((round(x0), y, round(x1) - 1, bottom), fill=(*colour, 64))
     line = max(1, round(height / 140))
-    for histogram, _, colour in curves:
-        points = [(x_at(0.0), float(bottom))]
-        for low, high, share in zip(histogram.edges[:-1], histogram.edges[1:], histogram.shares, strict=True):
-            points += [(x_at(low), y_at(100 * share)), (x_at(high), y_at(100 * share))]
-        draw.line([*points, (x_at(1.0), float(bottom))], fill=colour, width=line)
+    for steps, (_, _, colour) in zip(bars, curves, strict=True):
+        outline = [point for x0, x1, y in steps for point in ((x0, y), (x1, y))]
+        draw.line([(x_at(0.0), float(bottom)), *outline, (x_at(1.0), float(bottom))], fill=colour, width=line)
 
     draw.rectangle((left, plot_top, right, bottom), outline="black")
     for value, text in zip(y_ticks, y_labels, strict=True):
@@ -159,11 +165,11 @@ def histogram_plot(
         x = x_at(tenth / 10)
         draw.line((x, bottom, x, bottom + 4), fill="black")
         draw.text((x, bottom + 6), f"{tenth / 10:.1f}", fill="black", font=small, anchor="mt")
-    x_label_top = bottom + 6 + _text_height(small) + 6
+    x_label_top = bottom + 6 + short + 6
     draw.text(((left + right) / 2, x_label_top), "grey level (0 = black, 1 = white)", "black", font, "mt")
     _vertical_text(chart, "% of pixels", font, (6, (plot_top + bottom) / 2))
 
-    y = x_label_top + _text_height(font) + 8
+    y = x_label_top + tall + 8
     for text, colour in legend:
         draw.line((8, y + line_height / 2, 28, y + line_height / 2), fill=colour, width=line)
         draw.text((34, y), _fitted(text, small, width - 40), fill="black", font=small)
