@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
             "server-predict": lambda: server_predict(args.runs, image),
             "http": lambda: http(args.runs, image, args.http_url),
             "responses": lambda: responses(args.runs, image),
-            "batch-predict": lambda: batch_predict(max(1, args.runs // 5), args.images),
+            "batch-predict": lambda: batch_predict(max(3, args.runs // 5), args.images),  # one run is noise
             "training": lambda: training(max(1, args.runs // 5), args.batches),
             "cold-start": lambda: start_up(max(1, args.runs // 5)),
         }
