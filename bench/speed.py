@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import os
 import platform
@@ -120,7 +121,7 @@ def model_step(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
     from trainer.io import load_xray
 
     model, info = load_model(MODEL)
-    prepare_for_cam(model)
+    prepared = prepare_for_cam(copy.deepcopy(model))  # the bare forward runs the model as loaded
     x = InputTransform.for_model(info)(load_xray(image).pixels)
     batch = x.tensor.unsqueeze(0)
 
@@ -129,10 +130,10 @@ def model_step(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
             model(batch)
 
     def library() -> None:
-        with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
+        with GradCAM(model=prepared, target_layers=[target_layer(prepared)]) as cam:
             cam(batch.clone().requires_grad_(True), targets=None)
 
-    t = interleaved(runs, bare=bare, fast=lambda: explain(model, batch, task=info.task), library=library)
+    t = interleaved(runs, bare=bare, fast=lambda: explain(prepared, batch, task=info.task), library=library)
     return [
         (
             "model-step",

@@ -95,8 +95,11 @@ def prepare_for_cam(model: torch.nn.Module) -> torch.nn.Module:
     ...) is switched to out-of-place; in-place functional ops and residual `x += shortcut` cannot be, so
     explain block outputs (the feature_info modules, which are not affected) rather than layers inside them.
     Gradient checkpointing is switched off, since recomputing blocks in backward re-fires the forward hooks.
-    The outputs are unchanged. Returns the same model, modified in place.
+    The weights are stored channels-last, which PyTorch's CPU convolutions run faster (issue 16: one
+    Grad-CAM 29.8 -> 27.1 ms for EfficientNet-Lite0 at 224 px); inputs need no conversion. The outputs are
+    unchanged up to float rounding. Returns the same model, modified in place.
     """
+    model.to(memory_format=torch.channels_last)
     for module in model.modules():
         if getattr(module, "inplace", None) is True:
             module.inplace = False
@@ -238,6 +241,7 @@ def _library_cam(
                 raise RuntimeError(f"{method} failed on this model: {exc}") from exc
             return cam.outputs.detach()[0], grayscale[0], target.resolve()
     finally:
+        model.zero_grad(set_to_none=True)  # the library's backward() filled the parameters' .grad
         if ablation is not None:  # Ablation-CAM restores the layer only when it succeeds
             replace_layer_recursive(model, ablation, layer)
 
@@ -280,7 +284,8 @@ def explain(
     layer = target_layer(model) if layer is None else layer
     with model_lock(model):
         was_training = model.training
-        model.eval()
+        if was_training:  # each switch walks every module (0.6 ms for EfficientNet-Lite0)
+            model.eval()
         # Inference mode (a caller's or the input's) would forbid any backward pass; the clone is an ordinary
         # tensor even when the input was made in inference mode.
         try:
@@ -295,8 +300,8 @@ def explain(
                 if result is None:
                     result = _library_cam(model, x, layer, task, target_index, method)
         finally:
-            model.zero_grad(set_to_none=True)
-            model.train(was_training)
+            if was_training:
+                model.train()
     logits, grayscale, index = result
     logits = logits.float().cpu()
     probabilities = logits.softmax(-1) if task.exclusive else logits.sigmoid()
