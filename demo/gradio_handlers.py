@@ -562,6 +562,7 @@ def model_markdown(model: LoadedModel | None) -> str:
 
 
 PROBABILITIES = "Class probabilities"
+HISTOGRAMS_TITLE = "Grey levels before / after preprocessing"
 
 
 def probabilities_caption(data: Mapping[str, Any]) -> str:
@@ -728,7 +729,8 @@ def save_histograms(app: App, result: Prediction) -> str:
     if result.histograms is None:
         raise ValueError("a prediction's histograms come with its second stage (Prediction.complete)")
     before, after = result.histograms
-    chart = histogram_plot(before, after, labels=("before", f"after {describe_pipeline(result.pipeline)}"))
+    labels = ("before", f"after {describe_pipeline(result.pipeline)}")
+    chart = histogram_plot(before, after, labels=labels, title=HISTOGRAMS_TITLE)
     folder = save_files(app, {"histograms.png": png_bytes(chart)})
     return str(folder / "histograms.png")
 

@@ -31,6 +31,7 @@ from demo.gradio_handlers import (
     DEFAULT_METHOD,
     DEFAULT_OPACITY,
     DEFAULT_STEPS,
+    HISTOGRAMS_TITLE,
     NO_IMAGE,
     PROBABILITIES,
     TOP_CLASS,
@@ -354,25 +355,25 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
                     opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
                     download = gr.DownloadButton("Download overlay (PNG)", size="md", elem_id="download")
             notes = gr.Markdown(label="Notes", elem_classes="chx-notes", elem_id="notes")
-            with gr.Row(equal_height=False):
-                before_after = gr.ImageSlider(
-                    label="Before / after preprocessing",
-                    format=DISPLAY_FORMAT,
-                    type="numpy",
-                    interactive=False,
-                    max_height=520,
-                    elem_id="before-after",
-                    scale=3,
-                )
-                histograms = gr.Image(
-                    label="Grey levels before / after preprocessing",
-                    format="png",
-                    type="filepath",
-                    interactive=False,
-                    buttons=["fullscreen"],
-                    elem_id="histograms",
-                    scale=2,
-                )
+            before_after = gr.ImageSlider(
+                label="Before / after preprocessing",
+                format=DISPLAY_FORMAT,
+                type="numpy",
+                interactive=False,
+                max_height=520,
+                elem_id="before-after",
+            )
+            # A row of its own: beside the slider the chart shrank to ~270 px and its legend was unreadable.
+            # The chart carries its title: Gradio's label badge would cover the top of the y axis.
+            histograms = gr.Image(
+                label=HISTOGRAMS_TITLE,
+                show_label=False,
+                format="png",
+                type="filepath",
+                interactive=False,
+                buttons=["fullscreen"],
+                elem_id="histograms",
+            )
             with gr.Accordion("What the network sees", open=False, elem_id="activations-panel"):
                 gr.Markdown(ACTIVATIONS_INTRO, elem_classes="chx-small")
                 with gr.Row():

@@ -103,8 +103,10 @@ def histogram_plot(
     *,
     labels: tuple[str, str] = ("before", "after"),
     size: tuple[int, int] = (720, 360),
+    title: str = "",
 ) -> np.ndarray:
-    """Both histograms overlaid in a small chart: uint8 RGB (height, width, 3); `size` is (width, height).
+    """Both histograms overlaid in a small chart: uint8 RGB (height, width, 3); `size` is (width, height);
+    `title`, when given, is drawn above the plot.
 
     Drawn with Pillow: the chart is axis-aligned steps, ticks and text, and matplotlib took 140 ms for it
     (a quarter of a whole prediction, issue 16) where this takes a few.
@@ -126,7 +128,7 @@ def histogram_plot(
     left = 6 + tall + 6 + max(int(small.getlength(text)) for text in y_labels) + 6
     right = width - 12
     bottom = height - 6 - len(legend) * line_height - tall - 6 - short - 8
-    plot_top = 8
+    plot_top = 8 + (tall + 8 if title else 0)
     if bottom - plot_top < 30 or right - left < 60:
         raise ValueError(f"size {size} leaves no room for the chart")
 
@@ -146,6 +148,8 @@ def histogram_plot(
     ]
     chart = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(chart, "RGBA")  # RGBA: translucent fills blend where the two overlap
+    if title:
+        draw.text((width / 2, 6), _fitted(title, font, width - 12), fill="black", font=font, anchor="mt")
     for steps, (_, _, colour) in zip(bars, curves, strict=True):  # fills first: both outlines stay visible
         for x0, x1, y in steps:
             if y < bottom:

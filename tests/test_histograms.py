@@ -74,6 +74,21 @@ def test_each_curve_peaks_above_its_own_grey_level():
     assert 0.1 < columns[0] / chart.shape[1] < 0.4 < 0.6 < columns[1] / chart.shape[1] < 0.95
 
 
+def test_a_title_is_drawn_above_the_plot_which_moves_down_to_make_room():
+    histograms = compare_histograms(np.full((32, 32), 0.25), np.full((32, 32), 0.8))
+    plain = histogram_plot(*histograms, size=(400, 200))
+    titled = histogram_plot(*histograms, size=(400, 200), title="Grey levels")
+
+    def frame_top(chart: np.ndarray) -> int:  # the plot's black frame: the first row dark across the plot
+        dark = (chart.max(axis=2) < 60).sum(axis=1)
+        return int(np.argmax(dark > chart.shape[1] // 2))
+
+    assert frame_top(titled) > frame_top(plain) + 8
+    band = titled[: frame_top(titled) - 2, titled.shape[1] // 3 : titled.shape[1] * 2 // 3]
+    assert (band.max(axis=2) < 100).sum() > 30  # the title's letters, centred
+    assert (plain[: frame_top(plain) - 2].min(axis=2) > 240).all()  # no title: nothing above the frame
+
+
 def test_bad_inputs_say_what_is_wrong():
     with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
         intensity_histogram(np.full((4, 4), 255.0))
