@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
             "http": lambda: http(args.runs, image, args.http_url),
             "responses": lambda: responses(args.runs, image),
             "batch-predict": lambda: batch_predict(max(3, args.runs // 5), args.images),  # one run is noise
-            "training": lambda: training(max(1, args.runs // 5), args.batches),
+            "training": lambda: training(max(3, args.runs // 5), args.batches),
             "cold-start": lambda: start_up(max(1, args.runs // 5)),
         }
         wanted = ["cold-start" if part == "idle-rss" else part for part in args.parts]
