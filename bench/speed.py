@@ -293,7 +293,7 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
     runner = ForwardRunner.for_model(model, info.data_config["input_size"], cache_dir=work / "cache")
     export_seconds = time.perf_counter() - started
 
-    def bare() -> None:  # the naive loop: decode, preprocess, eager forward, 16 at a time
+    def bare() -> None:  # the naive loop (BARE_BATCH), here with the allocator profile this process has
         for start in range(0, len(paths), 16):
             tensors = [transform(load_xray(p).pixels).tensor for p in paths[start : start + 16]]
             with torch.inference_mode():
@@ -305,10 +305,22 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
         cli=lambda: predict_to_csv(str(MODEL), list(paths), work / "cli.csv"),
         parallel=lambda: write_predictions(model, info, paths, work / "parallel.csv", runner=runner),
     )
+    plain = _plain_process_seconds(runs, paths)
     note = f"{len(paths)} images, bare {len(paths) / t['bare']:.1f} img/s; {runner.backend}"
     note += f" (export {export_seconds:.1f} s, once per weights)"
     return [
-        ("batch-predict", "bare eager loop / batch_inference (speed-up)", t["bare"] / t["parallel"], note),
+        (
+            "batch-predict",
+            "bare eager loop in a plain process (glibc's allocator defaults) / batch_inference",
+            plain / t["parallel"],
+            f"bare {len(paths) / plain:.1f} img/s: the loop as a user's own script runs it",
+        ),
+        (
+            "batch-predict",
+            "bare eager loop with chexlab's allocator profile / batch_inference",
+            t["bare"] / t["parallel"],
+            note,
+        ),
         (
             "batch-predict",
             "bare eager loop / predict_to_csv, the CLI (model load included)",
@@ -316,6 +328,41 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
             "",
         ),
     ]
+
+
+# The naive batch loop in a process of its own, as a user's script runs: without the allocator profile
+# (trainer/allocator.py) that this benchmark's process sets for itself, the CLI and the app. Prints the
+# median seconds of `runs` loops after a warm-up.
+BARE_BATCH = """import statistics, sys, time
+from pathlib import Path
+import torch
+from trainer.export import load_model
+from trainer.inference import InputTransform
+from trainer.io import load_xray
+runs, model_dir, *paths = sys.argv[1:]
+model, info = load_model(Path(model_dir))
+transform, task = InputTransform.for_model(info), info.task
+def loop():
+    for start in range(0, len(paths), 16):
+        tensors = [transform(load_xray(p).pixels).tensor for p in paths[start : start + 16]]
+        with torch.inference_mode():
+            task.probabilities(model(torch.stack(tensors)))
+times = []
+for round_ in range(int(runs) + 1):
+    started = time.perf_counter()
+    loop()
+    if round_:
+        times.append(time.perf_counter() - started)
+print(statistics.median(times))
+"""
+
+
+def _plain_process_seconds(runs: int, paths: list[Path]) -> float:
+    """Median seconds of BARE_BATCH's loop over `paths` in a new process that keeps glibc's defaults."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    command = [sys.executable, "-c", BARE_BATCH, str(runs), str(MODEL), *map(str, paths)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
