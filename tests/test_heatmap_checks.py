@@ -163,6 +163,8 @@ def test_the_linear_imputation_equals_pytorch_grad_cams_road_imputer(shape: tupl
     assert ours.dtype == np.float32 and np.abs(ours - theirs.numpy()).max() < 1e-5
     assert np.array_equal(ours[:, ~removed], image[:, ~removed])  # known pixels are untouched
     assert np.array_equal(impute_linear(image, np.zeros(shape[1:], dtype=bool)), image)
+    with pytest.raises(ValueError, match="nothing to impute them from"):
+        impute_linear(image, np.ones(shape[1:], dtype=bool))
 
 
 def test_the_explanations_logits_give_the_same_check_without_the_extra_forward() -> None:
