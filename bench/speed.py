@@ -299,13 +299,15 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
             with torch.inference_mode():
                 task.probabilities(model(torch.stack(tensors)))
 
-    t = interleaved(
-        runs,
-        bare=bare,
-        cli=lambda: predict_to_csv(str(MODEL), list(paths), work / "cli.csv"),
-        parallel=lambda: write_predictions(model, info, paths, work / "parallel.csv", runner=runner),
-    )
-    plain = _plain_process_seconds(runs, paths)
+    with _plain_process_loop(paths) as plain_loop:
+        t = interleaved(
+            runs,
+            bare=bare,
+            plain=plain_loop,
+            cli=lambda: predict_to_csv(str(MODEL), list(paths), work / "cli.csv"),
+            parallel=lambda: write_predictions(model, info, paths, work / "parallel.csv", runner=runner),
+        )
+    plain = t["plain"]
     note = f"{len(paths)} images, bare {len(paths) / t['bare']:.1f} img/s; {runner.backend}"
     note += f" (export {export_seconds:.1f} s, once per weights)"
     return [
@@ -331,38 +333,46 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
 
 
 # The naive batch loop in a process of its own, as a user's script runs: without the allocator profile
-# (trainer/allocator.py) that this benchmark's process sets for itself, the CLI and the app. Prints the
-# median seconds of `runs` loops after a warm-up.
-BARE_BATCH = """import statistics, sys, time
+# (trainer/allocator.py) that this benchmark's process sets for itself, the CLI and the app. One loop per
+# line read from stdin, "done" after each, so that it takes its turns with the other candidates.
+BARE_BATCH = """import sys
 from pathlib import Path
 import torch
 from trainer.export import load_model
 from trainer.inference import InputTransform
 from trainer.io import load_xray
-runs, model_dir, *paths = sys.argv[1:]
+model_dir, *paths = sys.argv[1:]
 model, info = load_model(Path(model_dir))
 transform, task = InputTransform.for_model(info), info.task
-def loop():
+for _ in sys.stdin:
     for start in range(0, len(paths), 16):
         tensors = [transform(load_xray(p).pixels).tensor for p in paths[start : start + 16]]
         with torch.inference_mode():
             task.probabilities(model(torch.stack(tensors)))
-times = []
-for round_ in range(int(runs) + 1):
-    started = time.perf_counter()
-    loop()
-    if round_:
-        times.append(time.perf_counter() - started)
-print(statistics.median(times))
+    print("done", flush=True)
 """
 
 
-def _plain_process_seconds(runs: int, paths: list[Path]) -> float:
-    """Median seconds of BARE_BATCH's loop over `paths` in a new process that keeps glibc's defaults."""
+@contextlib.contextmanager
+def _plain_process_loop(paths: list[Path]) -> Iterator[Callable[[], None]]:
+    """A function that runs BARE_BATCH's loop over `paths` once, in a process that keeps glibc's defaults."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
-    command = [sys.executable, "-c", BARE_BATCH, str(runs), str(MODEL), *map(str, paths)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-c", BARE_BATCH, str(MODEL), *map(str, paths)]
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as process:  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        commands, answers = process.stdin, process.stdout
+
+        def loop() -> None:
+            commands.write("\n")
+            commands.flush()
+            if answers.readline().strip() != "done":
+                raise RuntimeError(f"the plain-process loop failed (exit code {process.poll()})")
+
+        try:
+            yield loop
+        finally:
+            commands.close()
 
 
 def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
