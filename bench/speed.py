@@ -42,8 +42,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,6 +54,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import DOC, replace_section  # noqa: E402
 from trainer.allocator import tune_allocator  # noqa: E402
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from trainer.inference import InputTransform
+    from trainer.task import Task
 
 SECTION = "speed"
 MODEL = ROOT / "demo" / "models" / "nih-binary"
@@ -279,7 +286,6 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
     from trainer.batch_inference import write_predictions
     from trainer.export import load_model
     from trainer.inference import InputTransform
-    from trainer.io import load_xray
     from trainer.predict import predict_to_csv
     from trainer.runtime import ForwardRunner
 
@@ -293,16 +299,10 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
     runner = ForwardRunner.for_model(model, info.data_config["input_size"], cache_dir=work / "cache")
     export_seconds = time.perf_counter() - started
 
-    def bare() -> None:  # the naive loop (BARE_BATCH), here with the allocator profile this process has
-        for start in range(0, len(paths), 16):
-            tensors = [transform(load_xray(p).pixels).tensor for p in paths[start : start + 16]]
-            with torch.inference_mode():
-                task.probabilities(model(torch.stack(tensors)))
-
     with _plain_process_loop(paths) as plain_loop:
         t = interleaved(
             runs,
-            bare=bare,
+            bare=lambda: bare_batch_loop(model, transform, task, paths),  # with this process's allocator
             plain=plain_loop,
             cli=lambda: predict_to_csv(str(MODEL), list(paths), work / "cli.csv"),
             parallel=lambda: write_predictions(model, info, paths, work / "parallel.csv", runner=runner),
@@ -332,23 +332,31 @@ def batch_predict(runs: int, count: int) -> list[tuple[str, str, float, str]]:
     ]
 
 
-# The naive batch loop in a process of its own, as a user's script runs: without the allocator profile
-# (trainer/allocator.py) that this benchmark's process sets for itself, the CLI and the app. One loop per
-# line read from stdin, "done" after each, so that it takes its turns with the other candidates.
-BARE_BATCH = """import sys
-from pathlib import Path
-import torch
-from trainer.export import load_model
-from trainer.inference import InputTransform
-from trainer.io import load_xray
-model_dir, *paths = sys.argv[1:]
-model, info = load_model(Path(model_dir))
-transform, task = InputTransform.for_model(info), info.task
-for _ in sys.stdin:
+def bare_batch_loop(
+    model: nn.Module, transform: InputTransform, task: Task, paths: Sequence[str | Path]
+) -> None:
+    """The naive batch loop chexlab's batch predict is measured against: decode, preprocess, eager forward,
+    16 images at a time, in one process."""
+    from trainer.io import load_xray
+
     for start in range(0, len(paths), 16):
         tensors = [transform(load_xray(p).pixels).tensor for p in paths[start : start + 16]]
         with torch.inference_mode():
             task.probabilities(model(torch.stack(tensors)))
+
+
+# `bare_batch_loop` in a process of its own, as a user's script runs: without the allocator profile
+# (trainer/allocator.py) that this benchmark's process sets for itself, the CLI and the app. One loop per
+# line read from stdin, "done" after each, so that it takes its turns with the other candidates.
+BARE_BATCH = """import sys
+from pathlib import Path
+from bench.speed import bare_batch_loop
+from trainer.export import load_model
+from trainer.inference import InputTransform
+model_dir, *paths = sys.argv[1:]
+model, info = load_model(Path(model_dir))
+for _ in sys.stdin:
+    bare_batch_loop(model, InputTransform.for_model(info), info.task, paths)
     print("done", flush=True)
 """
 
