@@ -1,4 +1,4 @@
-"""Load: N concurrent gradio_client clients against the demo on loopback; failures, latency and server memory.
+"""Load: N concurrent clients against the demo on loopback; failures, latency and server memory.
 
     python bench/load.py                                   # 20 clients x 10 requests, two rounds
     python bench/load.py --clients 4 --requests 3 --rounds 1 --no-write
@@ -6,10 +6,11 @@
 
 The server is `python app.py` in a child process (the operator's settings: CHEXLAB_DEFAULT_MODEL, or --model),
 in public mode as on a Space. After 20 sequential warm-up requests, each round runs `--clients` clients in
-parallel, each sending `--requests` /predict calls (bounded loops), cycling through a 16-bit PNG, the built-in
-DICOM and, every `--huge-every`-th request, a 7700x7700 PNG. The server's RSS is read from /proc before the
-first request, after the warm-up, after each round and, sampled every 0.2 s, at its peak. Goals (issue 12):
-0 failures, peak RSS <= 1.6 GB, RSS at the end within 15 % of RSS after the warm-up.
+parallel, each sending `--requests` /predict calls (bounded loops) the way the page does
+(bench/http_client.py; gradio_client's polling would add ~170 ms to every call), cycling through a 16-bit
+PNG, the built-in DICOM and, every `--huge-every`-th request, a 7700x7700 PNG. The server's RSS is read from
+/proc before the first request, after the warm-up, after each round and, sampled every 0.2 s, at its peak.
+Goals (issue 12): 0 failures, peak RSS <= 1.6 GB, RSS at the end within 15 % of RSS after the warm-up.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.http_client import GradioHttpClient  # noqa: E402
 from bench.report import DOC, replace_section  # noqa: E402
 
 SECTION = "load"
@@ -146,11 +148,9 @@ def make_images(folder: Path) -> dict[str, Path]:
 
 
 def client_loop(url: str, images: dict[str, Path], first: int, count: int, huge_every: int, run: Run) -> None:
-    """One client: `count` /predict calls in a row (request numbers first .. first + count - 1)."""
-    from gradio_client import Client, handle_file
-
-    with tempfile.TemporaryDirectory() as downloads:
-        client = Client(url, verbose=False, download_files=downloads)
+    """One client: `count` /predict calls in a row (request numbers first .. first + count - 1), made as the
+    page makes them (bench/http_client.py)."""
+    with GradioHttpClient(url) as client:
         for number in range(first, first + count):
             name = (
                 "huge"
@@ -159,7 +159,7 @@ def client_loop(url: str, images: dict[str, Path], first: int, count: int, huge_
             )
             started = time.perf_counter()
             try:
-                client.predict(handle_file(str(images[name])), api_name="/predict")
+                client.predict(images[name])
             except Exception as err:  # a benchmark records failures, whatever they are
                 run.failures.append(f"{name}: {type(err).__name__}: {str(err)[:200]}")
             else:
@@ -222,7 +222,8 @@ def report(run: Run, args: argparse.Namespace) -> str:
         "## Load",
         "",
         f"`{COMMAND}` (see `--help`): `python app.py` in public mode, default model `{model}`, {WARMUP} "
-        f"warm-up requests, then {run.clients} gradio_client clients in parallel per round; inputs cycle "
+        f"warm-up requests, then {run.clients} clients in parallel per round (each one page's session, "
+        "calling as the page does: bench/http_client.py); inputs cycle "
         f"through a 1024x1024 16-bit PNG and the built-in DICOM, every {args.huge_every}th is a "
         f"{HUGE_SIDE}x{HUGE_SIDE} PNG. "
         f"{os.cpu_count()} CPU cores visible; 1-minute load average {os.getloadavg()[0]:.1f} at the end.",
