@@ -409,7 +409,7 @@ def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
     from trainer.config import TrainConfig
     from trainer.engine import make_scheduler, train_one_epoch
     from trainer.losses import BinaryLoss
-    from trainer.modeling import create_classifier
+    from trainer.modeling import channels_last, create_classifier
     from trainer.task import Task
 
     torch.manual_seed(0)
@@ -428,7 +428,8 @@ def training(runs: int, batches: int) -> list[tuple[str, str, float, str]]:
             bare_opt.zero_grad(set_to_none=True)
 
     accelerator = Accelerator(cpu=True, mixed_precision="no")
-    model = create_classifier("tf_efficientnet_lite0", 1, drop_rate=0.2)  # chexlab's default head dropout
+    # chexlab's default head dropout, in the layout `trainer.engine.train` gives the model
+    model = channels_last(create_classifier("tf_efficientnet_lite0", 1, drop_rate=0.2))
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
     model, optimizer, loader = accelerator.prepare(model, optimizer, DataLoader(data, batch_size=16))
     scheduler = make_scheduler(optimizer, TrainConfig(schedule="constant", warmup_epochs=0.0), batches, 1)

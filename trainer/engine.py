@@ -45,7 +45,7 @@ from trainer.config import PhaseConfig, RunConfig, TrainConfig, save_config
 from trainer.data import XRayDataset
 from trainer.errors import ChexlabError
 from trainer.metrics import evaluate_predictions
-from trainer.modeling import create_classifier, freeze_backbone
+from trainer.modeling import channels_last, channels_last_batch, create_classifier, freeze_backbone
 from trainer.ood import captured_features, has_pooled_features
 from trainer.reporting import Predictions, finish_run
 from trainer.task import Task
@@ -199,7 +199,7 @@ def train_one_epoch(
         if step >= steps:
             break
         with accelerator.accumulate(model):
-            logits = model(images)
+            logits = model(channels_last_batch(images))
             loss = loss_fn(logits.float(), targets.to(task.target_dtype))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -254,6 +254,7 @@ def predict_loader(
         if features:
             seen = stack.enter_context(captured_features(accelerator.unwrap_model(model)))
         for images, targets, indices in loader:
+            images = channels_last_batch(images)
             probs = task.probabilities(model(images).float())
             if tta:
                 probs = (probs + task.probabilities(model(_zoom(images, 0.92)).float())) / 2
@@ -381,6 +382,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, last_good: bool = False, progre
         label_names=data.label_names,
         new_head=cfg.model.new_head,
     )
+    channels_last(model)  # before the optimiser and Accelerate's wrappers see the parameters
     spec = run_data.input_spec(model, cfg.model.input_size)
     loaders = run_data.loaders(cfg, data, spec)
     loss_fn = data.task.loss(

@@ -15,6 +15,7 @@ with.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -211,6 +212,10 @@ def write_model_folder(
         weights: the tensors to store instead of the model's own (e.g. cast to float16).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    # timm's save_for_hf writes the model's own tensors, and safetensors takes only contiguous ones: a model
+    # trained channels-last (trainer.modeling.channels_last) is written from a contiguous copy.
+    if not all(tensor.is_contiguous() for tensor in model.state_dict().values()):
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     # Written next to the destination, then moved into place: a crash never leaves half a file behind.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         save_for_hf(

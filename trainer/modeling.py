@@ -206,6 +206,23 @@ def _unknown_architecture(arch: str) -> str:
     return f"unknown timm architecture '{arch}'; see timm.list_models()"
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """`model` with its 4-D weights stored channels-last (in place), the layout PyTorch's CPU convolutions run
+    fastest in.
+
+    Measured on 2 cores with EfficientNet-Lite0 at 224 px (issue 16): the eager forward 1.35x faster, one
+    Grad-CAM 29.8 -> 27.1 ms, a training step at batch 16 1.40 -> 0.77 s (with `channels_last_batch` inputs).
+    Outputs are unchanged up to float rounding; saved weights are made contiguous again (trainer.export,
+    trainer.checkpoint), so files do not depend on it.
+    """
+    return model.to(memory_format=torch.channels_last)
+
+
+def channels_last_batch(images: Tensor) -> Tensor:
+    """A (N, C, H, W) batch in the layout of a `channels_last` model (other shapes as they are)."""
+    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+
+
 def model_from_folder(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Rebuild a saved chexlab model (the pair `read_model_folder` returns) with all its weights.
 
