@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from trainer.calibration import Calibration
-from trainer.preprocess import find_lungs
+from trainer.preprocess import Box, find_lungs
 from trainer.task import Task
 
 REMOVED_FRACTION = 0.2
@@ -83,14 +83,17 @@ class HeatmapCheck:
     deletion: DeletionCheck
 
 
-def lung_share(image: np.ndarray, heatmap: np.ndarray) -> LungShare:
+def lung_share(
+    image: np.ndarray, heatmap: np.ndarray, lungs: tuple[Box | None, str] | None = None
+) -> LungShare:
     """The share of `heatmap`'s mass inside the lung box of `image`.
 
     Args:
         image: float32 (H, W) in [0, 1], the image the model saw (after its preprocessing and letterbox).
         heatmap: non-negative (h, w) map; resized to (H, W) when the sizes differ.
+        lungs: `find_lungs(image)` when the caller has it (it depends on the image alone).
     """
-    box, reason = find_lungs(image)
+    box, reason = find_lungs(image) if lungs is None else lungs
     if box is None:
         return LungShare(None, None, f"no lungs found ({reason})")
     heat = _resized(heatmap, image.shape)
@@ -221,10 +224,11 @@ def check_heatmap(
     target_index: int,
     calibration: Calibration | None = None,
     logits: torch.Tensor | np.ndarray | None = None,
+    lungs: tuple[Box | None, str] | None = None,
 ) -> HeatmapCheck:
     """Both checks for one explained image (see `lung_share` and `deletion_check`)."""
     return HeatmapCheck(
-        lung_share(image, heatmap),
+        lung_share(image, heatmap, lungs),
         deletion_check(
             model, input_tensor, heatmap, task=task, target_index=target_index, calibration=calibration,
             logits=logits,

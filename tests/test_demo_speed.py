@@ -41,20 +41,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> Iterator[tuple[Predictor, Counter[str]]]:
-    """A fresh predictor, and how often it decoded a file, ran the preprocessing and ran the model."""
+    """A fresh predictor, and how often it decoded a file, ran the preprocessing, ran the model, searched the
+    model input for lungs and computed the grey-level histograms."""
     calls: Counter[str] = Counter()
-    load_xray, apply = demo.predictor.load_xray, Pipeline.apply
 
-    def counting_load(*args, **kwargs):
-        calls["read"] += 1
-        return load_xray(*args, **kwargs)
+    def counting(name: str, function):
+        def counted_call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
 
-    def counting_apply(self, *args, **kwargs):
-        calls["preprocess"] += 1
-        return apply(self, *args, **kwargs)
+        return counted_call
 
-    monkeypatch.setattr(demo.predictor, "load_xray", counting_load)
-    monkeypatch.setattr(Pipeline, "apply", counting_apply)
+    counted_functions = {"read": "load_xray", "lungs": "find_lungs", "histograms": "compare_histograms"}
+    for name, attribute in counted_functions.items():
+        monkeypatch.setattr(demo.predictor, attribute, counting(name, getattr(demo.predictor, attribute)))
+    monkeypatch.setattr(Pipeline, "apply", counting("preprocess", Pipeline.apply))
     predictor = Predictor({"tiny": model_dir}, max_pixels=5_000_000)
     hook = predictor.load("tiny").model.register_forward_hook(lambda *args: calls.update(["forward"]))
     yield predictor, calls
@@ -71,6 +72,9 @@ def test_class_method_and_opacity_changes_rerun_no_preprocessing(
     other_class = predictor.predict(files["png16"], target="normal")
     other_method = predictor.predict(files["png16"], target="normal", method="HiResCAM")
     assert calls["forward"] >= 3 and (calls["read"], calls["preprocess"]) == (1, 1)
+    assert (calls["lungs"], calls["histograms"]) == (1, 1)  # they depend on the image alone
+    assert other_method.histograms == first.histograms and other_method.check is not None
+    assert other_method.check.lungs.area == first.check.lungs.area
     assert np.array_equal(other_class.model_input, first.model_input)
     assert not np.array_equal(other_class.heatmap, first.heatmap) or first.target == "normal"
     assert other_method.method == "HiResCAM"
