@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from gradio_client.utils import is_file_obj_with_meta, traverse
 
 
 class GradioHttpError(RuntimeError):
@@ -121,12 +122,14 @@ class GradioHttpClient:
         raise GradioHttpError("the event stream ended without an answer")
 
 
-def _file_urls(value: object) -> list[str]:
+def _file_urls(outputs: list[Any]) -> list[str]:
     """The URLs of the files (FileData dicts) anywhere in a call's outputs."""
-    if isinstance(value, dict):
-        is_file = value.get("meta", {}).get("_type") == "gradio.FileData" and value.get("url")
-        own = [value["url"]] if is_file else []
-        return own + [url for item in value.values() for url in _file_urls(item)]
-    if isinstance(value, list):
-        return [url for item in value for url in _file_urls(item)]
-    return []
+    urls: list[str] = []
+
+    def collect(file: dict[str, Any]) -> dict[str, Any]:
+        if file.get("url"):
+            urls.append(file["url"])
+        return file
+
+    traverse(outputs, collect, is_file_obj_with_meta)
+    return urls

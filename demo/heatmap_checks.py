@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from trainer.calibration import Calibration
-from trainer.preprocess import Box, find_lungs
+from trainer.preprocess import LungSearch, find_lungs
 from trainer.task import Task
 
 REMOVED_FRACTION = 0.2
@@ -83,9 +83,7 @@ class HeatmapCheck:
     deletion: DeletionCheck
 
 
-def lung_share(
-    image: np.ndarray, heatmap: np.ndarray, lungs: tuple[Box | None, str] | None = None
-) -> LungShare:
+def lung_share(image: np.ndarray, heatmap: np.ndarray, lungs: LungSearch | None = None) -> LungShare:
     """The share of `heatmap`'s mass inside the lung box of `image`.
 
     Args:
@@ -224,7 +222,7 @@ def check_heatmap(
     target_index: int,
     calibration: Calibration | None = None,
     logits: torch.Tensor | np.ndarray | None = None,
-    lungs: tuple[Box | None, str] | None = None,
+    lungs: LungSearch | None = None,
 ) -> HeatmapCheck:
     """Both checks for one explained image (see `lung_share` and `deletion_check`)."""
     return HeatmapCheck(

@@ -42,7 +42,7 @@ from trainer.io import MAX_PIXELS, XRay, XRayReadError, load_xray
 from trainer.labels import DataError
 from trainer.model_source import ModelSource, ModelSourceError, SourceKind
 from trainer.ood import Verdict, captured_features
-from trainer.preprocess import Box, Pipeline, PreprocessError, find_lungs
+from trainer.preprocess import LungSearch, Pipeline, PreprocessError, find_lungs
 from trainer.task import Task
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class _Prepared:
     use: the same for every class and method explained on it (~45 ms of a class switch's ~200 ms)."""
 
     shown: DisplayedInput
-    lungs: tuple[Box | None, str] | None = None  # find_lungs of the model input
+    lungs: LungSearch | None = None  # find_lungs of the model input
     histograms: tuple[IntensityHistogram, IntensityHistogram] | None = None  # before / after preprocessing
 
 

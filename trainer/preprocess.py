@@ -35,6 +35,7 @@ __all__ = [
     "ANALYSIS_SIDE",
     "OPS",
     "Box",
+    "LungSearch",
     "OpSpec",
     "Param",
     "Pipeline",
@@ -622,7 +623,11 @@ def lung_box(image: np.ndarray, margin: float = 0.05) -> Box:
     return lungs.expanded(margin, image.shape).within(body)
 
 
-def find_lungs(image: np.ndarray) -> tuple[Box | None, str]:
+# What `find_lungs` found: the box around both lung fields, or None and the reason there is none.
+LungSearch = tuple[Box | None, str]
+
+
+def find_lungs(image: np.ndarray) -> LungSearch:
     """The box around both lung fields as `lung_box` finds it (no margin), or None and the reason none is.
 
     Unlike `lung_box` it neither falls back nor warns: for callers that measure against the lungs (e.g. how
