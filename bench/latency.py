@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import DOC, replace_section  # noqa: E402
 from demo.catalog import DEFAULT_MODEL_ENV, MODELS_DIR  # noqa: E402
 from demo.examples import builtin_example  # noqa: E402
-from demo.predictor import ModelLoadError, Predictor, describe_pipeline  # noqa: E402
+from demo.predictor import ModelLoadError, Predictor  # noqa: E402
+from demo.switches import describe_pipeline  # noqa: E402
 from trainer.io import load_xray  # noqa: E402
 
 SIDE = 1024

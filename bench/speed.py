@@ -271,8 +271,8 @@ def responses(runs: int, image: Path) -> list[tuple[str, str, float, str]]:
 
     from PIL import Image
 
-    from demo.encoding import DISPLAY_FORMAT, display_bytes
-    from demo.predictor import Predictor, as_uint8
+    from demo.encoding import DISPLAY_FORMAT, as_uint8, display_bytes
+    from demo.predictor import Predictor
 
     result = Predictor({"nih-binary": f"local-dir:{MODEL}"}).predict(image)
     shown = [result.overlay, as_uint8(result.before), as_uint8(result.after)]

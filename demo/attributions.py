@@ -5,18 +5,16 @@ which *pixels* did, at the input's resolution, by following the gradients of the
 image. `explain_attribution` follows `demo.cam.explain`'s conventions and returns the same `Explanation`:
 the class index per the task's binary convention (1 = positive, 0 = negative, whose score is -logit), the
 model's lock held, its mode restored and no gradients left; the heatmap is float32 (H, W) in [0, 1] and goes
-through `demo.cam.overlay` like a CAM. `describe` is the text a UI shows next to a method.
+through `demo.cam.overlay` like a CAM. The methods' names and descriptions are in `demo.methods`.
 
 Both methods run the model many times (the step or sample count, in batches of `BATCH`), so they cost about
-that many forward and backward passes; see `CPU_SECONDS` for what that means on a CPU.
+that many forward and backward passes; see `demo.methods.CPU_SECONDS` for what that means on a CPU.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
 
 import cv2
 import numpy as np
@@ -24,77 +22,22 @@ import torch
 import torchvision.transforms.functional as TF
 
 from demo.cam import Explanation, model_lock
+from demo.methods import (
+    INTEGRATED_GRADIENTS,
+    MAX_STEPS,
+    attribution_method,
+    baseline_name,
+)
 from trainer.task import Task, TaskError
 
 logger = logging.getLogger(__name__)
 
-INTEGRATED_GRADIENTS = "Integrated Gradients"
-SMOOTHGRAD = "SmoothGrad"
-BASELINES = ("black", "blurred")  # Integrated Gradients only; SmoothGrad has no baseline
-MAX_STEPS = 128  # bounds the time and memory a public demo spends on one image
 BATCH = 8  # images per forward/backward pass: bounds peak memory whatever the step count
 NOISE = 0.15  # SmoothGrad noise, as a fraction of the input's value range (Smilkov et al. 2017: 10-20 %)
 HEATMAP_PERCENTILE = 99.0  # pixel attributions are spiky: scale to this percentile, not to the maximum
 # Raw pixel attributions are speckle on an overlay; a Gaussian of this sigma (a fraction of the longer side:
 # 4 px at 224) makes the regions readable. 0 keeps the raw pixels.
 SMOOTHING = 1 / 56
-
-
-@dataclass(frozen=True)
-class AttributionMethod:
-    """One attribution method: its default step count and what it shows, in words for the UI."""
-
-    name: str
-    default_steps: int
-    shows: str
-    steps_mean: str
-
-
-ATTRIBUTION_METHODS: MappingProxyType[str, AttributionMethod] = MappingProxyType(
-    {
-        INTEGRATED_GRADIENTS: AttributionMethod(
-            INTEGRATED_GRADIENTS,
-            32,
-            "which pixels raised the class score, compared with a baseline image: the gradients are added up "
-            "along a straight path from the baseline to this image, so the bright pixels together account "
-            "for the score's difference between the two",
-            "steps along the path",
-        ),
-        SMOOTHGRAD: AttributionMethod(
-            SMOOTHGRAD,
-            16,
-            "where the class score is most sensitive to small changes of the pixels, averaged over noisy "
-            "copies of the image to remove gradient noise; it does not say whether a pixel speaks for or "
-            "against the class",
-            "noisy copies",
-        ),
-    }
-)
-BASELINE_TEXT = MappingProxyType(
-    {
-        "black": "an all-black image (no X-ray signal): bright, dense areas such as bone stand out more",
-        "blurred": "a blurred copy of this image: only fine detail (edges, texture) is attributed",
-    }
-)
-# CPU seconds on one core (process time, torch.set_num_threads(1), median of 3) for one explanation of the
-# embedded nih-binary model (EfficientNet-Lite0, 224 px) at the default step counts; Grad-CAM takes 0.2 s and
-# a plain forward pass 0.06 s on the same core. Both methods scale linearly with the step count.
-CPU_SECONDS: MappingProxyType[str, float] = MappingProxyType({INTEGRATED_GRADIENTS: 4.4, SMOOTHGRAD: 2.2})
-
-
-def describe(method: str, *, steps: int | None = None, baseline: str = "black") -> str:
-    """What a method shows, its baseline and step count, and its CPU time: the UI's text beside it."""
-    spec = _method(method)
-    steps = spec.default_steps if steps is None else steps
-    parts = [f"**{spec.name}** shows {spec.shows}."]
-    if method == INTEGRATED_GRADIENTS:
-        parts.append(f"Baseline: {BASELINE_TEXT[_baseline_name(baseline)]}.")
-    seconds = CPU_SECONDS[method] * steps / spec.default_steps
-    parts.append(
-        f"{steps} {spec.steps_mean}, so {steps} forward and backward passes of the model: about "
-        f"{max(seconds, 0.1):.1f} s on one CPU core for a 224-px EfficientNet-Lite0 (a Grad-CAM takes 0.2 s)."
-    )
-    return " ".join(parts)
 
 
 def explain_attribution(
@@ -120,7 +63,7 @@ def explain_attribution(
         task: the model's task; decides the probabilities and the binary class convention.
         target_index: the class to explain; binary: 1 = positive (the logit), 0 = negative (-logit).
             Default: the top class; binary: positive if P >= 0.5.
-        method: a key of `ATTRIBUTION_METHODS`.
+        method: a key of `demo.methods.ATTRIBUTION_METHODS`.
         steps: Integrated Gradients' path steps or SmoothGrad's noisy samples, 1 to `MAX_STEPS`; default
             the method's `default_steps`.
         baseline: Integrated Gradients' reference image, one of `BASELINES`; "black" needs `mean` and `std`.
@@ -139,7 +82,7 @@ def explain_attribution(
     """
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency  # here: captum imports matplotlib
 
-    spec = _method(method)
+    spec = attribution_method(method)
     task = Task.parse(task)
     steps = spec.default_steps if steps is None else steps
     if not 1 <= steps <= MAX_STEPS:
@@ -189,18 +132,6 @@ def explain_attribution(
     return Explanation(probabilities.cpu().numpy(), logits.cpu().numpy(), heatmap, index, method)
 
 
-def _method(method: str) -> AttributionMethod:
-    if method not in ATTRIBUTION_METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; valid: {', '.join(ATTRIBUTION_METHODS)}")
-    return ATTRIBUTION_METHODS[method]
-
-
-def _baseline_name(baseline: str) -> str:
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
-    return baseline
-
-
 def _one_image(input_tensor: torch.Tensor) -> torch.Tensor:
     x = input_tensor.unsqueeze(0) if input_tensor.dim() == 3 else input_tensor
     if x.dim() != 4 or x.shape[0] != 1:
@@ -223,7 +154,7 @@ def _target(task: Task, logits: torch.Tensor, target_index: int | None) -> int:
 def _baseline_tensor(
     baseline: str, x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
 ) -> torch.Tensor:
-    if _baseline_name(baseline) == "blurred":
+    if baseline_name(baseline) == "blurred":
         # A blur over about a tenth of the image keeps the overall anatomy and removes what is fine.
         sigma = max(x.shape[-2:]) / 20
         size = 2 * int(2 * sigma) + 1

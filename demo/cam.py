@@ -16,13 +16,13 @@ import logging
 import threading
 import weakref
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
 
+from demo.methods import CAM_METHODS
 from trainer.errors import ChexlabError
 from trainer.modeling import cam_target_layer, channels_last
 from trainer.task import Task
@@ -32,25 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# method name -> its class in pytorch_grad_cam (imported when a method other than Grad-CAM is first used)
-CAM_METHODS: MappingProxyType[str, str] = MappingProxyType(
-    {
-        "Grad-CAM": "GradCAM",  # computed here, at the cost of a forward pass (see `_grad_cam`)
-        "Grad-CAM++": "GradCAMPlusPlus",
-        "HiResCAM": "HiResCAM",
-        "LayerCAM": "LayerCAM",
-        "EigenCAM": "EigenCAM",  # class-agnostic: the same map whatever the target
-        "XGrad-CAM": "XGradCAM",
-        "Score-CAM": "ScoreCAM",
-        "Ablation-CAM": "AblationCAM",
-    }
-)
-SLOW_METHODS: MappingProxyType[str, str] = MappingProxyType(
-    {
-        "Score-CAM": "runs the model once per feature channel (often 1,000+): minutes on a CPU",
-        "Ablation-CAM": "runs the model once per ablated feature channel (often 1,000+): minutes on a CPU",
-    }
-)
 # jet as matplotlib defines it (matplotlib._cm._jet_data: x, value): the default overlay needs no matplotlib
 _JET_SEGMENTS = {
     "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),

@@ -33,7 +33,6 @@ if __package__ in (None, ""):  # `streamlit run demo/compare.py` puts demo/, not
 import streamlit as st
 from PIL import Image
 
-from demo.cam import CAM_METHODS, SLOW_METHODS
 from demo.catalog import DEFAULT_MODEL_ENV, MODELS_ENV, PUBLIC_ENV, SPACE_ENV, is_public
 from demo.comparison import (
     DISCLAIMER,
@@ -54,9 +53,12 @@ from demo.comparison import (
     with_labels_file,
 )
 from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
+from demo.encoding import as_uint8
 from demo.examples import example_files
-from demo.predictor import USER_ERRORS, LoadedModel, Predictor, as_uint8, internal_error
+from demo.methods import CAM_METHODS, SLOW_METHODS
+from demo.predictor import LoadedModel, Predictor
 from trainer.allocator import Profile, tune_allocator
+from trainer.errors import ChexlabError, internal_error
 from trainer.model_source import quote
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ SAMPLES_KEY = "samples"  # the image choice "the sample gallery" (the same files
 FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
 FOLDER_ERRORS: tuple[type[Exception], ...] = (
     OSError,
-    *USER_ERRORS,
+    ChexlabError,
 )  # a folder that is gone or holds no images
 CSS = """
 <style>
@@ -179,7 +181,7 @@ def _label(predictor: Predictor, name: str) -> str:
     """How a model is listed: its name (a typed folder by its folder name)."""
     try:
         return predictor.resolve(name).name
-    except USER_ERRORS:
+    except ChexlabError:
         return quote(name)
 
 
@@ -227,7 +229,7 @@ def _image_picker(public: bool) -> tuple[list[ImageItem], object]:
         text = labels.getvalue().decode("utf-8", errors="replace")
         try:
             items = with_labels_file(items, text)
-        except USER_ERRORS as err:
+        except ChexlabError as err:
             st.error(f"Labels not used: {err}")
         return items, (key, hashlib.sha256(text.encode()).hexdigest())
     items = sample_images(example_files(limit=MAX_IMAGES))
@@ -244,7 +246,7 @@ def _load_models(predictor: Predictor, names: Sequence[str]) -> list[LoadedModel
         try:
             with st.spinner(f"Loading {label}…"):
                 loaded.append(predictor.load(name))
-        except USER_ERRORS as err:  # ModelLoadError: unknown, missing, offline, not a chexlab model
+        except ChexlabError as err:  # ModelLoadError: unknown, missing, offline, not a chexlab model
             st.error(f"**Model {label} could not be loaded.** {err}")
         except Exception as err:  # weights that break the model, or a bug
             log.exception("loading %s failed", name)
@@ -276,7 +278,7 @@ def _run(
             predictor, models[0], images, variants=variants, target=target, method=method,
             progress=progress,
         )  # fmt: skip
-    except USER_ERRORS as err:  # too few models, no images, no variants
+    except ChexlabError as err:  # too few models, no images, no variants
         st.error(str(err)[:1].upper() + str(err)[1:])
         return None
     finally:

@@ -30,19 +30,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from demo.cam import overlay
+from demo.encoding import as_uint8
 from demo.gallery import gallery
 from demo.heatmap_checks import HeatmapCheck
-from demo.predictor import (
-    USER_ERRORS,
-    LoadedModel,
-    Prediction,
-    Predictor,
-    Toggles,
-    as_uint8,
-    describe_pipeline,
-    internal_error,
-)
-from trainer.errors import ChexlabError
+from demo.predictor import LoadedModel, Prediction, Predictor
+from demo.switches import Toggles, describe_pipeline
+from trainer.errors import ChexlabError, internal_error
 from trainer.export import ModelInfo
 from trainer.io import XRay
 from trainer.label_readers import IMAGE_SUFFIXES, pick_column, read_csv_labels, read_folder_labels
@@ -637,7 +630,7 @@ def _compare(
 def _read(predictor: Predictor, item: ImageItem) -> tuple[np.ndarray | None, str | None]:
     try:
         xray: XRay = predictor.read(item.source)
-    except USER_ERRORS as err:  # XRayReadError: empty, corrupt, too large, not an image
+    except ChexlabError as err:  # XRayReadError: empty, corrupt, too large, not an image
         return None, str(err)
     except Exception as err:  # a UI boundary: one bad file must not stop the comparison
         log.exception("reading %s failed", item.name)
@@ -651,7 +644,7 @@ def _read(predictor: Predictor, item: ImageItem) -> tuple[np.ndarray | None, str
 def _load(predictor: Predictor, name: str) -> tuple[LoadedModel | None, str | None]:
     try:
         return predictor.load(name), None
-    except USER_ERRORS as err:  # ModelLoadError: unknown, missing, offline, pickle-only, not chexlab
+    except ChexlabError as err:  # ModelLoadError: unknown, missing, offline, pickle-only, not chexlab
         return None, str(err)
     except Exception as err:  # a bug, or weights that break the model: not the user's to fix
         log.exception("loading model %s failed", name)
@@ -662,7 +655,7 @@ def _column_name(predictor: Predictor, name: str) -> str:
     """A column's header: the model's name, or what was typed when it names no model."""
     try:
         return predictor.resolve(name).name
-    except USER_ERRORS:
+    except ChexlabError:
         return quote(name.strip())
 
 
@@ -684,7 +677,7 @@ def _cell(
             item.source, model=column.model, toggles=column.toggles, method=method, target=own_target,
             opacity=opacity,
         )  # fmt: skip
-    except USER_ERRORS as err:
+    except ChexlabError as err:
         return Cell(error=str(err))
     except Exception as err:
         log.exception("%s on %s failed", column.name, item.name)

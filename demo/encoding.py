@@ -16,7 +16,7 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["DISPLAY_FORMAT", "DISPLAY_SUFFIX", "display_bytes", "png_bytes"]
+__all__ = ["DISPLAY_FORMAT", "DISPLAY_SUFFIX", "as_uint8", "display_bytes", "png_bytes"]
 
 DISPLAY_FORMAT = "jpeg"  # what `gr.Image(format=...)` is told, for the views that get arrays
 DISPLAY_SUFFIX = ".jpg"
@@ -54,3 +54,8 @@ def _picture(image: np.ndarray) -> Image.Image:
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
         raise ValueError(f"an image is (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
     return Image.fromarray(image)
+
+
+def as_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as 8-bit pixels for display."""
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -13,7 +13,6 @@ from typing import Any
 import gradio as gr
 from gradio.context import Context
 
-from demo.cam import CAM_METHODS, SLOW_METHODS
 from demo.comparison import DISCLAIMER as COMPARE_DISCLAIMER
 from demo.comparison import (
     MAX_IMAGES,
@@ -31,7 +30,9 @@ from demo.comparison import (
 )
 from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
 from demo.gradio_handlers import DEFAULT_METHOD, TOP_CLASS, App, bind, save_files
-from demo.predictor import USER_ERRORS, LoadedModel, internal_error
+from demo.methods import CAM_METHODS, SLOW_METHODS
+from demo.predictor import LoadedModel
+from trainer.errors import ChexlabError, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def compare_classes(app: App, label: str, names: list[str] | None, one: str | No
     for name in picked:
         try:
             loaded.append(app.predictor.load(name))
-        except USER_ERRORS as err:
+        except ChexlabError as err:
             gr.Warning(str(err), title="Model not loaded")
         except Exception as err:  # weights that break the model, or a bug
             log.exception("loading %s failed", name)
@@ -177,7 +178,7 @@ def compare(
             result = compare_models(app.predictor, names or [], items, **options)
         else:
             result = compare_preprocessing(app.predictor, one or "", items, variants=variant_names, **options)
-    except USER_ERRORS as err:  # too few models, no images, no variants
+    except ChexlabError as err:  # too few models, no images, no variants
         raise gr.Error(str(err), title="Cannot compare", print_exception=False) from None
     except Exception as err:
         log.exception("the comparison failed")
@@ -198,7 +199,7 @@ def first_open(app: App) -> tuple[Any, ...]:
                 _first_open_results[key] = compare_models(
                     app.predictor, app.predictor.choices()[:MIN_MODELS], _examples(app)
                 )
-            except USER_ERRORS as err:
+            except ChexlabError as err:
                 note = f"Pick the models and the images, then press **Compare**. ({err})"
                 return (note, None, None, None, None, None)
         result = _first_open_results[key]

@@ -24,23 +24,16 @@ from typing import Any
 
 import gradio as gr
 
-from demo import attributions
+from demo import methods
 from demo.activations import ActivationGrid, activation_layers, default_layers
-from demo.cam import SLOW_METHODS
-from demo.encoding import DISPLAY_SUFFIX, display_bytes, png_bytes
+from demo.encoding import DISPLAY_SUFFIX, as_uint8, display_bytes, png_bytes
 from demo.gallery import GalleryItem
 from demo.heatmap_checks import HeatmapCheck
 from demo.histograms import IntensityHistogram, histogram_plot
-from demo.predictor import (
-    USER_ERRORS,
-    LoadedModel,
-    Prediction,
-    Predictor,
-    Toggles,
-    as_uint8,
-    describe_pipeline,
-    internal_error,
-)
+from demo.methods import SLOW_METHODS
+from demo.predictor import LoadedModel, Prediction, Predictor
+from demo.switches import Toggles, describe_pipeline
+from trainer.errors import ChexlabError, internal_error
 from trainer.model_source import quote
 
 log = logging.getLogger(__name__)
@@ -367,7 +360,7 @@ def _guarded(file: str, run: Callable[[], Any]) -> Any:
     """`run()` with every failure turned into a `gr.Error` for the user (never a stack trace)."""
     try:
         return run()
-    except USER_ERRORS as err:
+    except ChexlabError as err:
         raise gr.Error(str(err), title="Cannot analyse this file", print_exception=False) from None
     except Exception as err:
         # The UI boundary: an unexpected failure must not show a stack trace or stop the server.
@@ -422,12 +415,12 @@ def slow_warning(method: str) -> None:
 def method_note(method: str, baseline: str, steps: float | None) -> tuple[dict[str, Any], ...]:
     """For a pixel attribution: what it shows, its baseline and step count, and its CPU time; then whether
     the baseline menu (Integrated Gradients only) and the step slider show."""
-    if method not in attributions.ATTRIBUTION_METHODS:
+    if method not in methods.ATTRIBUTION_METHODS:
         return gr.update(value="", visible=False), gr.update(visible=False), gr.update(visible=False)
     count = int(steps or 0) or None
     return (
-        gr.update(value=attributions.describe(method, steps=count, baseline=baseline), visible=True),
-        gr.update(visible=method == attributions.INTEGRATED_GRADIENTS),
+        gr.update(value=methods.describe(method, steps=count, baseline=baseline), visible=True),
+        gr.update(visible=method == methods.INTEGRATED_GRADIENTS),
         gr.update(visible=True),
     )
 
@@ -479,7 +472,7 @@ def load_default(app: App) -> tuple[LoadedModel | None, str | None]:
         return None, "**No model is configured.** Load a model from the Hub in the Model panel."
     try:
         return predictor.load(predictor.default), None
-    except USER_ERRORS as err:
+    except ChexlabError as err:
         log.error("default model %s: %s", predictor.default, err)
         if predictor.public:  # the reason may name the server's files
             return (
@@ -520,7 +513,7 @@ def choose_model(
     try:
         choice = app.predictor.resolve(text)
         loaded = app.predictor.load(choice.key)
-    except USER_ERRORS as err:
+    except ChexlabError as err:
         gr.Warning(str(err), title="Model not loaded", duration=None)
         return gr.update(value=previous), *skips
     except Exception as err:  # weights that break the model, or a bug: not the user's to fix

@@ -20,8 +20,6 @@ from typing import Any
 import gradio as gr
 
 from demo import gradio_handlers as handlers
-from demo.attributions import ATTRIBUTION_METHODS, BASELINE_TEXT, MAX_STEPS
-from demo.cam import SLOW_METHODS
 from demo.encoding import DISPLAY_FORMAT
 from demo.examples import builtin_example, example_files
 from demo.gallery import GalleryItem, gallery
@@ -39,7 +37,9 @@ from demo.gradio_handlers import (
     Example,
     bind,
 )
-from demo.predictor import EXPLANATION_METHODS, LoadedModel, Predictor, Toggles
+from demo.methods import ATTRIBUTION_METHODS, BASELINE_TEXT, EXPLANATION_METHODS, MAX_STEPS, SLOW_METHODS
+from demo.predictor import LoadedModel, Predictor
+from demo.switches import Toggles
 
 log = logging.getLogger(__name__)
 

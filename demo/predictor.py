@@ -30,70 +30,42 @@ import numpy as np
 from torch import nn
 
 from demo.activations import ActivationGrid, activation_grids, activation_layers, default_layers
-from demo.attributions import ATTRIBUTION_METHODS, BASELINES, MAX_STEPS, explain_attribution
-from demo.cam import CAM_METHODS, SLOW_METHODS, Explanation, explain, model_lock, overlay, prepare_for_cam
+from demo.attributions import explain_attribution
+from demo.cam import Explanation, explain, model_lock, overlay, prepare_for_cam
 from demo.catalog import MODELS_DIR, ModelCatalog, ModelChoice
 from demo.heatmap_checks import HeatmapCheck, check_heatmap
 from demo.histograms import IntensityHistogram, compare_histograms
+from demo.methods import ATTRIBUTION_METHODS, BASELINES, EXPLANATION_METHODS, MAX_STEPS, SLOW_METHODS
+from demo.switches import Toggles, describe_pipeline
 from trainer.errors import ChexlabError
 from trainer.export import ModelInfo, ModelLoadError, load_model
 from trainer.inference import DisplayedInput, InputTransform, judge
-from trainer.io import MAX_PIXELS, XRay, XRayReadError, load_xray
-from trainer.labels import DataError
-from trainer.model_source import ModelSource, ModelSourceError, SourceKind
+from trainer.io import MAX_PIXELS, XRay, load_xray
+from trainer.model_source import ModelSource, SourceKind
 from trainer.ood import Verdict, captured_features
-from trainer.preprocess import LungSearch, Pipeline, PreprocessError, find_lungs
+from trainer.preprocess import LungSearch, Pipeline, find_lungs
 from trainer.task import Task
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DISPLAY_SIDE",
-    "EXPLANATION_METHODS",
     "MAX_SIDE",
-    "USER_ERRORS",
     "LoadedModel",
     "ModelLoadError",
     "Prediction",
     "Predictor",
     "RequestError",
-    "Toggles",
-    "as_uint8",
-    "describe_pipeline",
-    "internal_error",
 ]
 
 DISPLAY_SIDE = 512  # before/after images and overlays are shown at least this large, whatever the model input
 MAX_SIDE = 2048  # uploads are read at most this large (longer side): one request's memory stays bounded
 
 Source = str | os.PathLike[str] | bytes | BinaryIO
-# Every heatmap method the demo offers: the CAMs, then the pixel attributions (Captum).
-EXPLANATION_METHODS: tuple[str, ...] = (*CAM_METHODS, *ATTRIBUTION_METHODS)
 
 
 class RequestError(ChexlabError, ValueError):
     """A prediction asked for with settings that do not exist (method, opacity, baseline, steps, layer)."""
-
-
-# The errors a user can fix, shown as they are; anything else is a bug (a short note, the traceback in the
-# log). ChexlabError alone once trainer's domain errors derive from it (helper T1 is rebasing them).
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ChexlabError,
-    XRayReadError,
-    PreprocessError,
-    ModelSourceError,
-    DataError,
-)
-
-
-def as_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image in [0, 1] as 8-bit pixels for display."""
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def internal_error(err: Exception) -> str:
-    """What users see of an error that is not theirs to fix; the caller logs the traceback."""
-    return f"an internal error ({type(err).__name__}); the details are in the server's log"
 
 
 class _LRU:
@@ -177,43 +149,6 @@ class LoadedModel:
         }
 
 
-@dataclass(frozen=True)
-class Toggles:
-    """The preprocessing switches a user can flip; `to_pipeline` orders them the way chexlab trains.
-
-    Order: invert (so that bright = dense before any search), crops (so that intensity statistics come from
-    the body, not the collimator margins), white balance, CLAHE.
-    """
-
-    clahe: bool = False
-    clip_limit: float = 2.0
-    white_balance: bool = False
-    crop_body: bool = False
-    crop_lungs: bool = False
-    invert: bool = False
-
-    ORDER = ("invert", "crop_body", "crop_lungs", "white_balance", "clahe")
-
-    @classmethod
-    def from_pipeline(cls, pipeline: Pipeline) -> Toggles:
-        """The switches that reproduce `pipeline` as closely as switches can (other ops have no switch)."""
-        ops = {step.op: dict(step.params) for step in pipeline}
-        clip = ops.get("clahe", {}).get("clip_limit", cls.clip_limit)
-        return cls(clip_limit=float(clip), **{name: name in ops for name in cls.ORDER})
-
-    def to_pipeline(self, base: Pipeline | None = None) -> Pipeline:
-        """The pipeline these switches stand for; parameters other than the clip limit come from `base`."""
-        params = {step.op: dict(step.params) for step in (base or Pipeline())}
-        steps = []
-        for name in self.ORDER:
-            if getattr(self, name):
-                step = {"op": name, **params.get(name, {})}
-                if name == "clahe":
-                    step["clip_limit"] = self.clip_limit
-                steps.append(step)
-        return Pipeline.from_list(steps)
-
-
 @dataclass(frozen=True, eq=False)
 class Prediction:
     """Everything the demo shows for one image."""
@@ -264,15 +199,6 @@ class Prediction:
         return dataclasses.replace(
             self, overlay=overlay(self.after, self.heatmap, opacity=opacity), opacity=opacity
         )
-
-
-def describe_pipeline(pipeline: Pipeline) -> str:
-    """A pipeline in words for people, e.g. "crop_body → clahe (clip 2.0)"; "none" when empty."""
-    parts = []
-    for step in pipeline:
-        params = dict(step.params)
-        parts.append(f"{step.op} (clip {params['clip_limit']:g})" if step.op == "clahe" else step.op)
-    return " → ".join(parts) or "none"
 
 
 class Predictor:
@@ -443,7 +369,7 @@ class Predictor:
             method: a CAM method or a pixel attribution (`EXPLANATION_METHODS`).
             target: the class to explain (one of the model's class names); None = the top class.
             opacity: heatmap opacity in the overlay, 0-1.
-            baseline: Integrated Gradients' reference image (`demo.attributions.BASELINES`).
+            baseline: Integrated Gradients' reference image (`demo.methods.BASELINES`).
             steps: Integrated Gradients' path steps or SmoothGrad's noisy copies (1 to `MAX_STEPS`); None =
                 the method's default. Ignored by the CAMs.
 

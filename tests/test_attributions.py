@@ -12,15 +12,9 @@ import timm
 import torch
 
 import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
-from demo.attributions import (
-    ATTRIBUTION_METHODS,
-    INTEGRATED_GRADIENTS,
-    MAX_STEPS,
-    SMOOTHGRAD,
-    describe,
-    explain_attribution,
-)
+from demo.attributions import explain_attribution
 from demo.cam import explain, overlay, prepare_for_cam
+from demo.methods import ATTRIBUTION_METHODS, INTEGRATED_GRADIENTS, MAX_STEPS, SMOOTHGRAD, describe
 from tests.test_cam import BACKBONES, LazyBackbones, RegionModel, assert_clean, assert_peaks_in, check_heatmap
 
 METHODS = list(ATTRIBUTION_METHODS)

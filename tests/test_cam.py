@@ -16,8 +16,6 @@ from torch import nn
 
 import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
 from demo.cam import (
-    CAM_METHODS,
-    SLOW_METHODS,
     colour_table,
     explain,
     model_lock,
@@ -25,6 +23,7 @@ from demo.cam import (
     prepare_for_cam,
     target_layer,
 )
+from demo.methods import CAM_METHODS, SLOW_METHODS
 
 FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
 # Methods that explain a chosen class; EigenCAM is class-agnostic (the first principal component).

@@ -18,7 +18,8 @@ from PIL import Image
 
 import demo.predictor
 from demo.encoding import display_bytes, png_bytes
-from demo.predictor import Predictor, Toggles
+from demo.predictor import Predictor
+from demo.switches import Toggles
 from tests.demo_support import save_tiny_model, write_inputs
 from trainer.preprocess import Pipeline
 

@@ -11,9 +11,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from demo.cam import CAM_METHODS
 from demo.gradio_handlers import API_OUTPUTS
 from demo.gradio_ui import DISCLAIMER, TOP_CLASS, build_demo
+from demo.methods import CAM_METHODS
 from demo.predictor import Predictor
 from tests.demo_support import save_tiny_model, serve, write_inputs
 from tests.test_io import FRAGMENTS

@@ -14,7 +14,8 @@ from demo import gradio_handlers as handlers
 from demo.gradio_handlers import SETTINGS_FIELDS, TOGGLE_FIELDS, TOP_CLASS, App, Example, Settings
 from demo.gradio_ui import build_demo, default_examples
 from demo.heatmap_checks import DeletionCheck, HeatmapCheck, LungShare
-from demo.predictor import Predictor, Toggles
+from demo.predictor import Predictor
+from demo.switches import Toggles
 from tests.demo_support import save_tiny_model, write_inputs
 
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import demo.predictor
-from demo.cam import CAM_METHODS, model_lock
+from demo.cam import model_lock
 from demo.examples import builtin_example, example_files
-from demo.predictor import DISPLAY_SIDE, ModelLoadError, Predictor, Toggles, describe_pipeline
+from demo.methods import CAM_METHODS
+from demo.predictor import DISPLAY_SIDE, ModelLoadError, Predictor
+from demo.switches import Toggles, describe_pipeline
 from tests.demo_support import SIZE, THRESHOLDS, save_tiny_model, write_inputs
 from tests.test_io import FRAGMENTS
 from trainer.io import XRayReadError, XRayWarning

@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class ChexlabError(Exception):
     """An error the user can fix; its message says what is wrong and what to do."""
+
+
+def internal_error(err: Exception) -> str:
+    """What users see of an error that is not theirs to fix; the caller logs the traceback."""
+    return f"an internal error ({type(err).__name__}); the details are in the server's log"
