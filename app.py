@@ -11,16 +11,21 @@ import logging
 from demo.cpu_server import leave_out_gpu_compiler
 from trainer.allocator import Profile, tune_allocator
 
+# Before the start-up thread logs that the models are ready.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 leave_out_gpu_compiler()  # before torch is imported: the demo runs on the CPU (see demo/cpu_server.py)
 tune_allocator(Profile.SERVER)  # before the request threads exist: see trainer/allocator.py
 
-from demo.catalog import is_public  # noqa: E402
+from demo.catalog import ModelCatalog, is_public  # noqa: E402
 from demo.gradio_ui import build_demo, launch_options  # noqa: E402
-from demo.predictor import Predictor  # noqa: E402
+from demo.startup import Startup  # noqa: E402
 
 options = launch_options()
-demo = build_demo(Predictor.from_env(public=is_public(bind_address=options["server_name"])))
+# The page serves while torch, timm and the default model load in a thread (demo/startup.py).
+startup = Startup(ModelCatalog.from_env(public=is_public(bind_address=options["server_name"])))
+demo = build_demo(startup)
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    demo.launch(**options)
+    demo.launch(prevent_thread_lock=True, **options)
+    startup.start()  # once the page serves; importing this module instead starts it on the first need
+    demo.block_thread()

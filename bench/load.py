@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.http_client import GradioHttpClient  # noqa: E402
 from bench.report import DOC, replace_section  # noqa: E402
+from demo.startup import READY  # noqa: E402
 
 SECTION = "load"
 WARMUP = 20
@@ -79,7 +80,8 @@ def rss_bytes(pid: int) -> int:
 
 @contextmanager
 def server(port: int, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """The demo (`SERVE`) on 127.0.0.1:`port`; yields (the process, its URL) once it says it is serving.
+    """The demo (`SERVE`) on 127.0.0.1:`port`; yields (the process, its URL) once it says it is serving and
+    its models are ready.
 
     Its output is kept (the last lines) and printed if anything fails meanwhile.
     """
@@ -95,12 +97,14 @@ def server(port: int, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[st
     assert child.stdout is not None
     seen: collections.deque[str] = collections.deque(maxlen=60)
     try:
-        for line in child.stdout:  # the server reports its URL once it listens
+        waiting = {"Running on local URL", READY}  # it listens, then its models are ready (demo/startup.py)
+        for line in child.stdout:
             seen.append(line)
-            if "Running on local URL" in line:
+            waiting = {said for said in waiting if said not in line}
+            if not waiting:
                 break
         else:
-            raise SystemExit("the demo exited before serving:\n" + "".join(seen))
+            raise SystemExit("the demo exited before serving with its models ready:\n" + "".join(seen))
         threading.Thread(target=lambda: seen.extend(child.stdout or []), daemon=True).start()
         yield child, f"http://127.0.0.1:{port}/"
     except BaseException:

@@ -5,7 +5,7 @@ which *pixels* did, at the input's resolution, by following the gradients of the
 image. `explain_attribution` follows `demo.cam.explain`'s conventions and returns the same `Explanation`:
 the class index per the task's binary convention (1 = positive, 0 = negative, whose score is -logit), the
 model's lock held, its mode restored and no gradients left; the heatmap is float32 (H, W) in [0, 1] and goes
-through `demo.cam.overlay` like a CAM. The methods' names and descriptions are in `demo.methods`.
+through `demo.overlay.overlay` like a CAM. The methods' names and descriptions are in `demo.methods`.
 
 Both methods run the model many times (the step or sample count, in batches of `BATCH`), so they cost about
 that many forward and backward passes; see `demo.methods.CPU_SECONDS` for what that means on a CPU.

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from trainer.export import ModelLoadError
-from trainer.model_source import CONFIG_NAME, ModelSource, ModelSourceError, SourceKind, quote
+from trainer.model_source import CONFIG_NAME, ModelLoadError, ModelSource, ModelSourceError, SourceKind, quote
 
 log = logging.getLogger(__name__)
 

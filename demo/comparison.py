@@ -23,27 +23,29 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from demo.cam import overlay
 from demo.encoding import as_uint8
 from demo.gallery import gallery
-from demo.heatmap_checks import HeatmapCheck
-from demo.predictor import LoadedModel, Prediction, Predictor
+from demo.overlay import overlay
 from demo.switches import Toggles, describe_pipeline
 from trainer.errors import ChexlabError, internal_error
-from trainer.export import ModelInfo
-from trainer.io import XRay
 from trainer.label_readers import IMAGE_SUFFIXES, pick_column, read_csv_labels, read_folder_labels
 from trainer.labels import DataError, LabelTable, loose_key
 from trainer.metrics import evaluate_predictions
 from trainer.model_source import quote
+from trainer.preprocess import fit_to_input
 from trainer.task import Task
-from trainer.transforms import fit_to_input
+
+if TYPE_CHECKING:  # the models' side (torch): the comparison page is laid out before it is imported
+    from demo.heatmap_checks import HeatmapCheck
+    from demo.predictor import LoadedModel, Prediction, Predictor
+    from trainer.export import ModelInfo
+    from trainer.io import XRay
 
 log = logging.getLogger(__name__)
 

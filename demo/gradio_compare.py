@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from gradio.context import Context
@@ -31,8 +31,10 @@ from demo.comparison import (
 from demo.comparison_stats import difference_report, split_subgroups, subgroup_rows
 from demo.gradio_handlers import DEFAULT_METHOD, TOP_CLASS, App, bind, save_files
 from demo.methods import CAM_METHODS, SLOW_METHODS
-from demo.predictor import LoadedModel
 from trainer.errors import ChexlabError, internal_error
+
+if TYPE_CHECKING:  # the models' side (torch): the page is laid out before it is imported (app.py)
+    from demo.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ _first_open_results: dict[int, Comparison] = {}  # id(predictor) -> the first-op
 
 def compare_page(app: App, model_runs: str) -> None:
     """The page's components and events (inside a `gr.Blocks` route); `model_runs`: the concurrency group."""
-    choices = app.predictor.choices()
+    choices = app.catalog.names()
     fast_methods = [name for name in CAM_METHODS if name not in SLOW_METHODS]
     gr.Markdown(f"# Compare models and preprocessing\n{INTRO}", elem_classes="chx-header")
     gr.Markdown(COMPARE_DISCLAIMER, elem_classes="chx-disclaimer", elem_id="compare-disclaimer")
@@ -197,7 +199,7 @@ def first_open(app: App) -> tuple[Any, ...]:
         if key not in _first_open_results:
             try:
                 _first_open_results[key] = compare_models(
-                    app.predictor, app.predictor.choices()[:MIN_MODELS], _examples(app)
+                    app.predictor, app.catalog.names()[:MIN_MODELS], _examples(app)
                 )
             except ChexlabError as err:
                 note = f"Pick the models and the images, then press **Compare**. ({err})"

@@ -20,21 +20,25 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from demo import methods
-from demo.activations import ActivationGrid, activation_layers, default_layers
+from demo.catalog import ModelCatalog
 from demo.encoding import DISPLAY_SUFFIX, as_uint8, display_bytes, png_bytes
 from demo.gallery import GalleryItem
-from demo.heatmap_checks import HeatmapCheck
 from demo.histograms import IntensityHistogram, histogram_plot
 from demo.methods import SLOW_METHODS
-from demo.predictor import LoadedModel, Prediction, Predictor
+from demo.startup import Startup
 from demo.switches import Toggles, describe_pipeline
 from trainer.errors import ChexlabError, internal_error
 from trainer.model_source import quote
+
+if TYPE_CHECKING:  # the models' side (torch): this module serves the page before it is imported (app.py)
+    from demo.activations import ActivationGrid
+    from demo.heatmap_checks import HeatmapCheck
+    from demo.predictor import LoadedModel, Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +113,31 @@ class Example:
 
 @dataclass(frozen=True)
 class App:
-    """What every handler works with: the shared predictor (models, caches) and the operator's examples."""
+    """What every handler works with: the shared predictor (models, caches) and the operator's examples.
 
-    predictor: Predictor
+    The predictor may still be starting (app.py serves the page first and imports the models' side after);
+    the catalog of offered models is known from the start.
+    """
+
+    startup: Startup
     gallery: tuple[Example, ...] = ()
     download_dir: Path = DOWNLOAD_DIR
+
+    @classmethod
+    def of(
+        cls, predictor: Predictor, gallery: tuple[Example, ...] = (), download_dir: Path = DOWNLOAD_DIR
+    ) -> App:
+        """The app around a predictor that exists already."""
+        return cls(Startup.of(predictor), gallery, download_dir)
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        return self.startup.catalog
+
+    @property
+    def predictor(self) -> Predictor:
+        """The predictor; while it is starting, waits for it (and raises what stopped it from starting)."""
+        return self.startup.predictor
 
     @property
     def examples(self) -> tuple[Path, ...]:
@@ -295,12 +319,12 @@ def layer_choices(model: LoadedModel | None) -> list[tuple[str, str]]:
     """The later blocks a visitor can show (title, module name); the first convolution is always shown."""
     if model is None:
         return []
-    return [(layer.title, layer.module) for layer in activation_layers(model.model)[1:]]
+    return [(layer.title, layer.module) for layer in model.later_layers()]
 
 
 def default_layer(model: LoadedModel | None) -> str | None:
     """The later block shown by default (the middle one)."""
-    return None if model is None else default_layers(model.model)[1].module
+    return None if model is None else model.default_later_layer().module
 
 
 def activations_markdown(grids: Sequence[ActivationGrid]) -> str:
@@ -464,6 +488,36 @@ def prep_status(model: LoadedModel | None, use_model: bool, toggles: Toggles) ->
 
 # -------------------------------------------------------------------------------------------- models
 
+STARTING = "Loading the default model…"
+
+
+def start_page(app: App) -> tuple[Any, ...]:
+    """The default model's side of a page built while the predictor was starting (`_Page.model_side`).
+
+    Waits for the predictor. Returns updates for: the start-up error, the model menu, the previous model,
+    the model summary, the class menu, each switch, the preprocessing status line and the block menu.
+    """
+    loaded: LoadedModel | None = None
+    error: str | None
+    try:
+        app.predictor  # noqa: B018 (waits for it)
+    except Exception as err:  # the models' side did not start (logged by Startup): a bug, not the visitor's
+        error = f"**The models could not be started**: {internal_error(err)}."
+    else:
+        loaded, error = load_default(app)
+    own = Toggles.from_pipeline(loaded.info.pipeline) if loaded else Toggles()
+    default = app.catalog.default if loaded else None
+    return (
+        gr.update(value=error or "", visible=error is not None),
+        gr.update(value=default),
+        default,
+        model_markdown(loaded),
+        gr.update(choices=target_choices(loaded), value=TOP_CLASS),
+        *toggle_values(own),
+        gr.update(**prep_status(loaded, True, own)),
+        gr.update(choices=layer_choices(loaded), value=default_layer(loaded)),
+    )
+
 
 def load_default(app: App) -> tuple[LoadedModel | None, str | None]:
     """The default model, loaded at start, or the message the page shows instead."""
@@ -487,7 +541,7 @@ def load_default(app: App) -> tuple[LoadedModel | None, str | None]:
 
 def model_choices(app: App, session: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
     """The model menu of one session: the offered models, then the ones this session loaded."""
-    offered = [(name, name) for name in app.predictor.choices()]
+    offered = [(name, name) for name in app.catalog.names()]
     return [*offered, *((name, key) for name, key in session)]
 
 
@@ -520,7 +574,7 @@ def choose_model(
         log.exception("loading %s failed", text)
         gr.Warning(f"The model could not be loaded: {internal_error(err)}.", title="Model not loaded")
         return gr.update(value=previous), *skips
-    if choice.key not in app.predictor.choices():
+    if choice.key not in app.catalog.names():
         session = [entry for entry in session if entry[1] != choice.key][-(SESSION_MODELS - 1) :]
         session = [*session, [choice.name, choice.key]]
     toggles = Toggles.from_pipeline(loaded.info.pipeline)

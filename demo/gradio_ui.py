@@ -1,7 +1,9 @@
 """The Gradio demo: upload a chest radiograph; see the model's probabilities, decision and where it looked.
 
 `build_demo(predictor)` lays the page out and wires its events to the handlers in `demo/gradio_handlers.py`
-(the Compare page is `demo/gradio_compare.py`); it has no side effects at import. `app.py` launches it with
+(the Compare page is `demo/gradio_compare.py`); it has no side effects at import, and neither it nor the
+handlers import torch: given a predictor still starting (`demo.startup.Startup`), the page serves at once
+and fills in the model's side when it is ready. `app.py` launches it with
 `launch_options()` (Gradio 6 takes theme and CSS at launch). The same events serve the browser and the API:
 `/predict` (everything for one image, with the out-of-distribution flag and the heatmap's checks in its
 `result`), `/explain` (only the heatmap, for another class, method or opacity), `/activations` (what the
@@ -15,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -38,8 +40,11 @@ from demo.gradio_handlers import (
     bind,
 )
 from demo.methods import ATTRIBUTION_METHODS, BASELINE_TEXT, EXPLANATION_METHODS, MAX_STEPS, SLOW_METHODS
-from demo.predictor import LoadedModel, Predictor
+from demo.startup import Startup
 from demo.switches import Toggles
+
+if TYPE_CHECKING:
+    from demo.predictor import LoadedModel, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -139,24 +144,35 @@ def default_examples() -> list[Example]:
 
 
 def build_demo(
-    predictor: Predictor, *, examples: Sequence[str | Path | GalleryItem | Example] | None = None
+    predictor: Predictor | Startup, *, examples: Sequence[str | Path | GalleryItem | Example] | None = None
 ) -> gr.Blocks:
     """The Gradio app around `predictor`.
 
     Args:
-        predictor: loads the models and runs them; its default model is loaded here (a failure is shown in
-            the app, which still starts so that another model can be loaded).
+        predictor: loads the models and runs them. A predictor: its default model is loaded here (a failure
+            is shown in the app, which still starts so that another model can be loaded). A `Startup` not
+            done (app.py): the page is built without the predictor and shows the model's side as loading;
+            each page load fills it in once the predictor and its default model are ready.
         examples: example files or gallery items (shown with their captions); None = `default_examples()`.
 
     Returns:
         The Blocks app, queued for a small CPU machine (two requests at a time).
     """
-    chosen = default_examples() if examples is None else [Example.of(item) for item in examples]
-    app = App(predictor, tuple(chosen))
-    loaded, startup_error = handlers.load_default(app)
+    chosen = tuple(default_examples() if examples is None else [Example.of(item) for item in examples])
+    app = App(predictor, chosen) if isinstance(predictor, Startup) else App.of(predictor, chosen)
+    ready = app.startup.done()
+    loaded, startup_error = handlers.load_default(app) if ready else (None, None)
     with gr.Blocks(title="chexlab · chest X-ray demo", delete_cache=DELETE_CACHE) as demo:
-        page = _layout(app, loaded, startup_error)
+        page = _layout(app, loaded, startup_error, ready=ready)
         _wire(app, page)
+        if not ready:  # every page load: the config was built with the placeholders
+            demo.load(
+                bind(handlers.start_page, app),
+                outputs=page.model_side,
+                show_progress_on=page.model_info,  # the switches and menus stay visible meanwhile
+                queue=False,
+                api_visibility="private",
+            )
     with demo.route("Compare", "/compare"):
         compare_page(app, MODEL_RUNS)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
@@ -167,6 +183,7 @@ def build_demo(
 class _Page:
     """The main page's components that events read or write."""
 
+    startup_error: gr.Markdown
     file: gr.File
     pasted: gr.Image
     analyse: gr.Button
@@ -193,6 +210,14 @@ class _Page:
     activations: list[gr.components.Component]  # what /activations returns, in order
 
     @property
+    def model_side(self) -> list[gr.components.Component]:
+        """What depends on the default model, in `handlers.start_page` order (filled in when it is ready)."""
+        return [
+            self.startup_error, self.model, self.previous, self.model_info, self.target, *self.switches,
+            self.prep_note, self.layer,
+        ]  # fmt: skip
+
+    @property
     def switches(self) -> list[gr.components.Component]:
         """The switches in `handlers.TOGGLE_FIELDS` order, the order handlers return their values in."""
         return [self.toggles[name] for name in handlers.TOGGLE_FIELDS]
@@ -212,12 +237,14 @@ class _Page:
         return {name: named[name] for name in handlers.SETTINGS_FIELDS}
 
 
-def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> _Page:
+def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None, *, ready: bool) -> _Page:
+    """The main page; not `ready`: the default model's side (`_Page.model_side`) shows placeholders."""
     own = Toggles.from_pipeline(loaded.info.pipeline) if loaded else Toggles()
+    default = app.catalog.default if loaded or not ready else None
     hub_placeholder = "org/name of a chexlab model, then Enter"
     gr.Markdown(f"# chexlab — chest X-ray classifier\n{INTRO}", elem_classes="chx-header")
     gr.Markdown(DISCLAIMER, elem_classes="chx-disclaimer", elem_id="disclaimer")
-    gr.Markdown(startup_error or "", visible=startup_error is not None, elem_classes="chx-error")
+    error = gr.Markdown(startup_error or "", visible=startup_error is not None, elem_classes="chx-error")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):  # inputs
             with gr.Tabs():
@@ -253,12 +280,14 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
             with gr.Accordion("Model", open=True):
                 model = gr.Dropdown(
                     handlers.model_choices(app, []),
-                    value=app.predictor.default if loaded else None,
+                    value=default,
                     label="Model",
                     allow_custom_value=True,
                     elem_id="model",
                 )
-                model_info = gr.Markdown(handlers.model_markdown(loaded), elem_classes="chx-small")
+                model_info = gr.Markdown(
+                    handlers.model_markdown(loaded) if ready else handlers.STARTING, elem_classes="chx-small"
+                )
                 hub_id = gr.Textbox(
                     label="Another model from the Hugging Face Hub",
                     placeholder=hub_placeholder,
@@ -401,6 +430,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
         "chexlab is open-source research software. " + DISCLAIMER.replace("**", ""), elem_classes="chx-footer"
     )
     return _Page(
+        error,
         file,
         pasted,
         analyse,
@@ -408,7 +438,7 @@ def _layout(app: App, loaded: LoadedModel | None, startup_error: str | None) -> 
         model,
         hub_id,
         model_info,
-        previous=gr.State(app.predictor.default if loaded else None),
+        previous=gr.State(default),
         session=gr.State([]),
         use_model=use_model,
         toggles=toggles,

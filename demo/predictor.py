@@ -29,19 +29,26 @@ from typing import Any, BinaryIO
 import numpy as np
 from torch import nn
 
-from demo.activations import ActivationGrid, activation_grids, activation_layers, default_layers
+from demo.activations import (
+    ActivationGrid,
+    ActivationLayer,
+    activation_grids,
+    activation_layers,
+    default_layers,
+)
 from demo.attributions import explain_attribution
-from demo.cam import Explanation, explain, model_lock, overlay, prepare_for_cam
+from demo.cam import Explanation, explain, model_lock, prepare_for_cam
 from demo.catalog import MODELS_DIR, ModelCatalog, ModelChoice
 from demo.heatmap_checks import HeatmapCheck, check_heatmap
 from demo.histograms import IntensityHistogram, compare_histograms
 from demo.methods import ATTRIBUTION_METHODS, BASELINES, EXPLANATION_METHODS, MAX_STEPS, SLOW_METHODS
+from demo.overlay import overlay
 from demo.switches import Toggles, describe_pipeline
 from trainer.errors import ChexlabError
-from trainer.export import ModelInfo, ModelLoadError, load_model
+from trainer.export import ModelInfo, load_model
 from trainer.inference import DisplayedInput, InputTransform, judge
 from trainer.io import MAX_PIXELS, XRay, load_xray
-from trainer.model_source import ModelSource, SourceKind
+from trainer.model_source import ModelLoadError, ModelSource, SourceKind
 from trainer.ood import Verdict, captured_features
 from trainer.preprocess import LungSearch, Pipeline, find_lungs
 from trainer.task import Task
@@ -129,6 +136,14 @@ class LoadedModel:
             TaskError: a name that is not one of `outputs`.
         """
         return None if target is None else self.task.class_index(self.outputs, target)
+
+    def later_layers(self) -> list[ActivationLayer]:
+        """The blocks after the first convolution whose activations can be shown (`demo.activations`)."""
+        return activation_layers(self.model)[1:]
+
+    def default_later_layer(self) -> ActivationLayer:
+        """The later block shown by default (the middle one)."""
+        return default_layers(self.model)[1]
 
     def describe(self) -> dict[str, str]:
         """A summary for the UI: architecture, task, input size, classes, thresholds, preprocessing."""

@@ -13,8 +13,9 @@ import torch
 
 import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
 from demo.attributions import explain_attribution
-from demo.cam import explain, overlay, prepare_for_cam
+from demo.cam import explain, prepare_for_cam
 from demo.methods import ATTRIBUTION_METHODS, INTEGRATED_GRADIENTS, MAX_STEPS, SMOOTHGRAD, describe
+from demo.overlay import overlay
 from tests.test_cam import BACKBONES, LazyBackbones, RegionModel, assert_clean, assert_peaks_in, check_heatmap
 
 METHODS = list(ATTRIBUTION_METHODS)

@@ -6,14 +6,17 @@ Screenshots go to test-artifacts/ at the repository root (git-ignored); their pa
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from demo.catalog import MODELS_DIR
+from demo.catalog import MODELS_DIR, ModelCatalog
+from demo.gradio_handlers import STARTING
 from demo.gradio_ui import build_demo
 from demo.predictor import Predictor
+from demo.startup import Startup
 from tests.conftest import shared_path
 from tests.demo_support import ARTIFACTS, chromium, save_tiny_model, serve, write_inputs
 
@@ -95,6 +98,39 @@ def test_upload_shows_probabilities_and_heatmap(page, url: str, files: dict[str,
     assert page.locator("#heatmap img").first.evaluate("img => img.naturalWidth") == 512
     assert page.locator("#download").is_visible()
     assert "DX" in page.locator("#details").inner_text()  # the DICOM header summary
+
+
+class _SlowStartup(Startup):
+    """A start-up that makes its predictor only once `go` is set: as while torch is still importing."""
+
+    def __init__(self, catalog: ModelCatalog) -> None:
+        super().__init__(catalog)
+        self.go = threading.Event()
+
+    def _make(self) -> None:
+        self.go.wait()
+        super()._make()
+
+
+def test_the_page_serves_while_the_model_starts_then_fills_in(
+    page, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    # The page is open while the predictor is still being made (app.py serves it while torch imports): the
+    # model panel says so; then the same page, not reloaded, fills in the model's side and analyses an upload.
+    save_tiny_model(tmp_path / "tiny", pipeline=[{"op": "crop_body"}])
+    catalog = ModelCatalog.of({"tiny": tmp_path / "tiny"}, "tiny")
+    startup = _SlowStartup(catalog)
+    with serve(lambda: build_demo(startup, examples=[]), tmp_path / "cache") as url:
+        _open(page, url)
+        page.get_by_text(STARTING).wait_for()
+        _screenshot(page, "demo-starting.png")
+        assert not page.get_by_label("Body crop").is_checked()
+        startup.go.set()
+        page.get_by_text("Trained with preprocessing: crop_body").wait_for()
+        assert page.get_by_label("Body crop").is_checked()
+        _upload(page, files["png8"])
+        _wait_for_results(page)
+        assert "abnormal" in page.locator("#probabilities").inner_text()
 
 
 def test_switches_warn_and_change_what_the_model_sees(page, url: str, files: dict[str, Path]) -> None:

@@ -1,5 +1,5 @@
 """demo.cam: every CAM method on every backbone family chexlab trains, a model whose right answer is known,
-one forward pass, no hooks or gradients left behind, thread safety, and the overlay."""
+one forward pass, no hooks or gradients left behind, thread safety, and the overlay (demo/overlay.py)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import trainer.modeling  # noqa: F401  (registers chexlab_simple_cnn with timm)
-from demo.cam import (
-    colour_table,
-    explain,
-    model_lock,
-    overlay,
-    prepare_for_cam,
-    target_layer,
-)
+from demo.cam import explain, model_lock, prepare_for_cam, target_layer
 from demo.methods import CAM_METHODS, SLOW_METHODS
+from demo.overlay import colour_table, overlay
 
 FAST_METHODS = [name for name in CAM_METHODS if name not in SLOW_METHODS]
 # Methods that explain a chosen class; EigenCAM is class-agnostic (the first principal component).

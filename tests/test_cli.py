@@ -74,10 +74,11 @@ def test_verbose_shows_the_traceback_instead(tmp_path: Path, monkeypatch: pytest
 
 def test_user_errors_are_chexlab_errors_and_the_os_errors_a_user_causes() -> None:
     from trainer.config import ConfigError
-    from trainer.export import ExportError, ModelLoadError
+    from trainer.export import ExportError
     from trainer.hub import PushError
     from trainer.io import XRayReadError
     from trainer.labels import DataError
+    from trainer.model_source import ModelLoadError
     from trainer.modeling import ArchitectureError
     from trainer.preprocess import PreprocessError
     from trainer.task import TaskError

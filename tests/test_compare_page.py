@@ -220,7 +220,7 @@ def test_gradio_compare_page_opens_on_the_labelled_gallery(setup: dict[str, Path
     from demo.predictor import Predictor
 
     predictor = Predictor({"tiny-binary": setup["a"], "tiny-classes": setup["b"]}, max_pixels=5_000_000)
-    app = App(predictor, download_dir=setup["root"] / "downloads")
+    app = App.of(predictor, download_dir=setup["root"] / "downloads")
     headline, table, stats, grid, csv_path, _ = first_open(app)
     assert table["headers"][:2] == ["column", "analysed"] and {"accuracy", "AUC"} <= set(table["headers"])
     assert [row[0] for row in table["data"]] == ["tiny-binary", "tiny-classes"]

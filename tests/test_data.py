@@ -17,8 +17,8 @@ from trainer.data import XRayDataset, check_files, make_loaders
 from trainer.io import load_xray
 from trainer.label_readers import read_csv_labels
 from trainer.labels import MAX_LISTED_PROBLEMS, DataError, LabelTable
-from trainer.preprocess import Pipeline
-from trainer.transforms import InputSpec, TrainAugment, fit_to_input
+from trainer.preprocess import Pipeline, fit_to_input
+from trainer.transforms import InputSpec, TrainAugment
 
 SPEC = InputSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 

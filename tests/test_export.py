@@ -24,7 +24,8 @@ from timm.models import save_for_hf
 
 import trainer.model_source
 from tests.synthetic import assert_timm_keeps_the_whole_film
-from trainer.export import ModelInfo, ModelLoadError, load_model, save_pretrained
+from trainer.export import ModelInfo, load_model, save_pretrained
+from trainer.model_source import ModelLoadError
 from trainer.modeling import HeadConfig, create_classifier
 from trainer.preprocess import Pipeline
 

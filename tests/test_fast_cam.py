@@ -137,7 +137,8 @@ HEAVY = ("matplotlib", "scipy", "pandas", "sklearn", "pytorch_grad_cam")
 IMPORTS_SCRIPT = """
 import json, sys
 import numpy as np, torch
-from demo.cam import explain, overlay, prepare_for_cam
+from demo.cam import explain, prepare_for_cam
+from demo.overlay import overlay
 from trainer.modeling import create_classifier
 
 model = prepare_for_cam(create_classifier("chexlab_simple_cnn", 1).eval())

@@ -29,7 +29,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> App:
     save_tiny_model(root / "tiny", pipeline=[{"op": "crop_body"}])
     save_tiny_model(root / "other", pipeline=[{"op": "clahe", "clip_limit": 3}], seed=1)
     predictor = Predictor({"tiny": root / "tiny"}, max_pixels=5_000_000)
-    return App(predictor, download_dir=root / "downloads")
+    return App.of(predictor, download_dir=root / "downloads")
 
 
 @pytest.fixture(scope="module")

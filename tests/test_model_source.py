@@ -9,9 +9,10 @@ import pytest
 
 from tests.demo_support import save_tiny_model
 from tests.hub_standin import hub_standin
-from trainer.export import ModelLoadError, load_model
+from trainer.export import load_model
 from trainer.model_source import (
     INIT_KINDS,
+    ModelLoadError,
     ModelSource,
     ModelSourceError,
     SourceKind,

@@ -102,14 +102,14 @@ def test_an_offered_folder_that_fails_names_no_path(root: Path) -> None:
     with pytest.raises(ModelLoadError) as caught:
         predictor.load("gone")
     assert str(root) not in str(caught.value) and "gone could not be loaded" in str(caught.value)
-    assert handlers.load_default(App(predictor))[1] == (
+    assert handlers.load_default(App.of(predictor))[1] == (
         "**The default model could not be loaded.** Load a model from the Hub in the Model panel."
     )
 
 
 def test_a_visitors_model_stays_in_their_session(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The handler behind the model menu and the Hub box, with two sessions' gr.State values."""
-    app = App(Predictor({"tiny": root / "models" / "tiny"}, public=True))
+    app = App.of(Predictor({"tiny": root / "models" / "tiny"}, public=True))
     with hub_standin({"org/visitor": root / "hub" / "visitor"}, monkeypatch):
         first = handlers.choose_model(app, "org/visitor", "tiny", [], progress=lambda *a, **k: None)
     menu, previous, session = first[:3]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.transforms import AugmentConfig, InputSpec, TrainAugment, fit_to_input, to_model_tensor
+from trainer.preprocess import fit_to_input
+from trainer.transforms import AugmentConfig, InputSpec, TrainAugment, to_model_tensor
 
 STILL = {"rotation": 0.0, "scale": (1.0, 1.0), "translate": 0.0, "brightness": 0.0, "contrast": 0.0}
 

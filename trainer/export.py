@@ -36,6 +36,7 @@ from trainer.errors import ChexlabError
 from trainer.model_source import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    ModelLoadError,
     ModelSource,
     ModelSourceError,
     SourceKind,
@@ -52,10 +53,6 @@ log = logging.getLogger(__name__)
 
 # Keys of a dataset summary that describe this machine, not the data: kept out of a publishable config.json.
 LOCAL_KEYS = ("root",)
-
-
-class ModelLoadError(ModelSourceError):
-    """A model that cannot be loaded: not found, offline without a cache, pickle-only, not a chexlab model."""
 
 
 class ExportError(ChexlabError, ValueError):

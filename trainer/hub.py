@@ -29,9 +29,9 @@ from huggingface_hub.utils import validate_repo_id
 from hub_cards import write_card
 from trainer import __version__
 from trainer.errors import ChexlabError
-from trainer.export import ModelLoadError, load_model
+from trainer.export import load_model
 from trainer.integrity import damaged_files
-from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, is_pickle_name
+from trainer.model_source import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, is_pickle_name
 
 log = logging.getLogger(__name__)
 

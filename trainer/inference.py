@@ -21,9 +21,9 @@ from torch import nn
 
 from trainer.io import XRay
 from trainer.ood import Verdict, assess
-from trainer.preprocess import Pipeline
+from trainer.preprocess import Pipeline, fit_to_input
 from trainer.task import Task
-from trainer.transforms import InputSpec, fit_to_input, to_model_tensor
+from trainer.transforms import InputSpec, to_model_tensor
 
 if TYPE_CHECKING:
     from trainer.export import ModelInfo

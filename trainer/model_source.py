@@ -20,9 +20,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import safetensors.torch
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
@@ -33,9 +32,11 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from torch import Tensor
 
 from trainer.errors import ChexlabError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ _QUOTE_LIMIT = 120  # characters of a rejected input quoted back in a message
 
 class ModelSourceError(ChexlabError, ValueError):
     """Initial weights or a saved model that cannot be used: missing, offline, pickle-only or mismatched."""
+
+
+class ModelLoadError(ModelSourceError):
+    """A model that cannot be loaded: not found, offline without a cache, pickle-only, not a chexlab model."""
 
 
 class SourceKind(StrEnum):
@@ -255,6 +260,8 @@ def read_model_folder(source: ModelSource | str) -> tuple[dict[str, Any], dict[s
         raise ModelSourceError(
             f"{CONFIG_NAME} of {source} has no 'architecture': not a timm/chexlab model folder"
         )
+    import safetensors.torch  # imports torch: here, so that the demo's page can name models without it
+
     try:
         state_dict = safetensors.torch.load_file(str(weights_path), device="cpu")
     except OSError as err:

@@ -48,6 +48,7 @@ __all__ = [
     "crop",
     "crop_body",
     "crop_lungs",
+    "fit_to_input",
     "describe_ops",
     "equalize",
     "find_lungs",
@@ -339,6 +340,24 @@ def resize(image: np.ndarray, size: int = 256, pad: bool = True) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- body crop
+
+
+def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
+    """Letterbox a preprocessed image to the model's square input, keeping its aspect ratio.
+
+    Args:
+        image: float32 ``(H, W)`` in [0, 1] (the output of the model's preprocessing pipeline).
+        size: the side of the model's square input.
+
+    Returns:
+        float32 ``(size, size)`` in [0, 1]; the margins are padding.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    fitted = np.asarray(resize(image, size=size, pad=True), dtype=np.float32)
+    if fitted.shape != (size, size):
+        raise ValueError(f"resize returned shape {fitted.shape}, expected ({size}, {size})")
+    return fitted
 
 
 def _trim_uniform_edges(small: np.ndarray) -> Box:

@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from trainer.preprocess import resize
-
-__all__ = ["AugmentConfig", "InputSpec", "TrainAugment", "fit_to_input", "to_model_tensor"]
+__all__ = ["AugmentConfig", "InputSpec", "TrainAugment", "to_model_tensor"]
 
 
 @dataclass(frozen=True)
@@ -62,24 +60,6 @@ class InputSpec:
                 "pick a model with a square input_size"
             )
         return cls(size=int(height), mean=tuple(config["mean"]), std=tuple(config["std"]))
-
-
-def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
-    """Letterbox a preprocessed image to the model's square input, keeping its aspect ratio.
-
-    Args:
-        image: float32 ``(H, W)`` in [0, 1] (the output of the model's preprocessing pipeline).
-        size: the side of the model's square input.
-
-    Returns:
-        float32 ``(size, size)`` in [0, 1]; the margins are padding.
-    """
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
-    fitted = np.asarray(resize(image, size=size, pad=True), dtype=np.float32)
-    if fitted.shape != (size, size):
-        raise ValueError(f"resize returned shape {fitted.shape}, expected ({size}, {size})")
-    return fitted
 
 
 def to_model_tensor(
