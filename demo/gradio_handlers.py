@@ -497,14 +497,10 @@ def start_page(app: App) -> tuple[Any, ...]:
     Waits for the predictor. Returns updates for: the start-up error, the model menu, the previous model,
     the model summary, the class menu, each switch, the preprocessing status line and the block menu.
     """
-    loaded: LoadedModel | None = None
-    error: str | None
     try:
-        app.predictor  # noqa: B018 (waits for it)
-    except Exception as err:  # the models' side did not start (logged by Startup): a bug, not the visitor's
-        error = f"**The models could not be started**: {internal_error(err)}."
-    else:
         loaded, error = load_default(app)
+    except Exception as err:  # the models' side did not start (logged by Startup): a bug, not the visitor's
+        loaded, error = None, f"**The models could not be started**: {internal_error(err)}."
     own = Toggles.from_pipeline(loaded.info.pipeline) if loaded else Toggles()
     default = app.catalog.default if loaded else None
     return (
@@ -520,15 +516,13 @@ def start_page(app: App) -> tuple[Any, ...]:
 
 
 def load_default(app: App) -> tuple[LoadedModel | None, str | None]:
-    """The default model, loaded at start, or the message the page shows instead."""
-    predictor = app.predictor
-    if predictor.default is None:
+    """The default model (loaded once, `Startup.default_model`), or the message the page shows instead."""
+    if app.catalog.default is None:
         return None, "**No model is configured.** Load a model from the Hub in the Model panel."
     try:
-        return predictor.load(predictor.default), None
+        return app.startup.default_model(), None
     except ChexlabError as err:
-        log.error("default model %s: %s", predictor.default, err)
-        if predictor.public:  # the reason may name the server's files
+        if app.catalog.public:  # the reason may name the server's files
             return (
                 None,
                 "**The default model could not be loaded.** Load a model from the Hub in the Model panel.",

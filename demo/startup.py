@@ -18,7 +18,7 @@ from demo.catalog import ModelCatalog
 from trainer.errors import ChexlabError
 
 if TYPE_CHECKING:
-    from demo.predictor import Predictor
+    from demo.predictor import LoadedModel, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Startup:
         self._options = options
         self._future: Future[Predictor] = Future()
         self._started = False
+        self._default: tuple[LoadedModel | None, Exception | None] | None = None  # see `default_model`
         self._lock = threading.Lock()
 
     @classmethod
@@ -69,6 +70,18 @@ class Startup:
         self.start()
         return self._future.result()
 
+    def default_model(self) -> LoadedModel | None:
+        """The catalog's default model (None when it has none), loaded once: a failure is logged once and
+        raised again to every caller (each page load shows it, no page load retries it)."""
+        predictor = self.predictor
+        with self._lock:
+            if self._default is None:
+                self._default = _load_default(predictor)
+        model, error = self._default
+        if error is not None:
+            raise error
+        return model
+
     def _make(self) -> None:
         began = time.perf_counter()
         try:
@@ -79,13 +92,22 @@ class Startup:
             log.exception("the predictor could not be made")
             self._future.set_exception(err)
             return
-        default = self.catalog.default
-        if default is not None:
-            try:
-                predictor.load(default)
-            except ChexlabError as err:  # shown on the page; other errors too, through load_default
-                log.warning("default model %s: %s", default, err)
-            except Exception:
-                log.exception("loading the default model %s failed", default)
+        with self._lock:  # before the future: whoever waits for the predictor finds its default loaded
+            self._default = _load_default(predictor)
         log.info("%s: torch, timm and the default model in %.1f s", READY, time.perf_counter() - began)
         self._future.set_result(predictor)
+
+
+def _load_default(predictor: Predictor) -> tuple[LoadedModel | None, Exception | None]:
+    """(the default model or None, None), or (None, what stopped it from loading), logged."""
+    default = predictor.default
+    if default is None:
+        return None, None
+    try:
+        return predictor.load(default), None
+    except ChexlabError as err:
+        log.error("default model %s: %s", default, err)
+        return None, err
+    except Exception as err:  # weights that break the model, or a bug
+        log.exception("loading the default model %s failed", default)
+        return None, err
